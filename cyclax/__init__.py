@@ -1,0 +1,43 @@
+"""cyclax: cyclical pruning for JAX as an optax transformation.
+
+Add one line at the end of an optax chain and the weights are exactly sparse
+after every step::
+
+  tx = optax.chain(optax.adamw(1e-3), cyclax.cyclical_prune(0.9, num_cycles=3, cycle_steps=1000))
+"""
+
+from cyclax._inspect import find_prune_state as find_prune_state
+from cyclax._inspect import get_masks as get_masks
+from cyclax._inspect import sparsity_report as sparsity_report
+from cyclax._leaves import default_filter as default_filter
+from cyclax._pruning import CyclicalPruneState as CyclicalPruneState
+from cyclax._pruning import MagnitudePruneState as MagnitudePruneState
+from cyclax._pruning import PruningOrderWarning as PruningOrderWarning
+from cyclax._pruning import cyclical_prune as cyclical_prune
+from cyclax._pruning import magnitude_prune as magnitude_prune
+from cyclax._schedules import constant_sparsity_schedule as constant_sparsity_schedule
+from cyclax._schedules import cyclical_sparsity_schedule as cyclical_sparsity_schedule
+from cyclax._schedules import gradual_sparsity_schedule as gradual_sparsity_schedule
+from cyclax._schedules import one_shot_sparsity_schedule as one_shot_sparsity_schedule
+from cyclax._schedules import periodic as periodic
+from cyclax._select import num_to_prune as num_to_prune
+
+__version__ = "0.1.0"
+
+__all__ = [
+  "CyclicalPruneState",
+  "MagnitudePruneState",
+  "PruningOrderWarning",
+  "constant_sparsity_schedule",
+  "cyclical_prune",
+  "cyclical_sparsity_schedule",
+  "default_filter",
+  "find_prune_state",
+  "get_masks",
+  "gradual_sparsity_schedule",
+  "magnitude_prune",
+  "num_to_prune",
+  "one_shot_sparsity_schedule",
+  "periodic",
+  "sparsity_report",
+]

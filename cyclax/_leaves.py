@@ -1,0 +1,108 @@
+"""Which leaves of a params tree are pruned.
+
+By default every floating-point leaf with two or more dimensions (kernels,
+embeddings, convolution filters) is pruned, and vectors and scalars (biases,
+normalisation scales) stay dense.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import optax
+
+# A pytree of bools shaped like (or a prefix of) the params, or a predicate.
+Filter = Union[Any, Callable[[tuple, Any], bool]]
+
+
+def default_filter(path: tuple, leaf: Any) -> bool:
+  """Prune floating-point leaves with ``ndim >= 2``.
+
+  Args:
+    path: the leaf's key path (unused).
+    leaf: an array or ``jax.ShapeDtypeStruct``.
+
+  Returns:
+    True for floating-point leaves with at least two dimensions.
+  """
+  del path
+  return jnp.issubdtype(leaf.dtype, jnp.floating) and len(leaf.shape) >= 2
+
+
+def _is_array_like(x: Any) -> bool:
+  return hasattr(x, "shape") and hasattr(x, "dtype")
+
+
+def path_str(path: tuple) -> str:
+  """A readable ``a/b/0``-style name for a key path."""
+  parts = []
+  for entry in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(entry, attr):
+        parts.append(str(getattr(entry, attr)))
+        break
+    else:
+      parts.append(str(entry))
+  return "/".join(parts)
+
+
+def select_leaves(params: optax.Params, filter: Optional[Filter]) -> list[bool]:
+  """Per leaf of ``params`` (in flatten order), whether it is pruned.
+
+  Args:
+    params: the params tree (arrays or ``jax.ShapeDtypeStruct`` leaves).
+    filter: None for :func:`default_filter`, a callable ``(path, leaf) -> bool``,
+      or a pytree of bools matching ``params`` (or a prefix of it).
+
+  Returns:
+    A list of Python bools aligned with ``jax.tree.leaves(params)``.
+
+  Raises:
+    ValueError: if a filter tree does not match the params tree, or a callable
+      filter returns something other than a bool.
+    TypeError: if the filter selects a leaf that is not floating point.
+  """
+  leaves_with_path = jax.tree_util.tree_flatten_with_path(params)[0]
+  if not leaves_with_path:
+    return []
+  if filter is None or callable(filter):
+    predicate = default_filter if filter is None else filter
+    flags = []
+    for path, leaf in leaves_with_path:
+      flag = predicate(path, leaf) if _is_array_like(leaf) else False
+      if not isinstance(flag, (bool, jnp.bool_)) and not (
+        hasattr(flag, "shape") and flag.shape == () and flag.dtype == bool
+      ):
+        raise ValueError(
+          f"`filter` must return a Python bool for each leaf, got {flag!r} for leaf '{path_str(path)}'."
+        )
+      flags.append(bool(flag))
+  else:
+    try:
+      broadcast = jax.tree.map(lambda f, sub: jax.tree.map(lambda _: f, sub), filter, params)
+      flags = jax.tree.leaves(broadcast)
+    except (ValueError, TypeError) as e:
+      raise ValueError(
+        "`filter` must be a callable (path, leaf) -> bool or a pytree of bools with the same "
+        f"structure as the params (or a prefix of it): {e}"
+      ) from None
+    if len(flags) != len(leaves_with_path):
+      raise ValueError(
+        f"`filter` tree gives {len(flags)} flags for {len(leaves_with_path)} params leaves; "
+        "it must have the params' structure."
+      )
+    for f, (path, _) in zip(flags, leaves_with_path):
+      if not isinstance(f, (bool, jnp.bool_)):
+        raise ValueError(f"`filter` tree leaves must be bools, got {f!r} for leaf '{path_str(path)}'.")
+    flags = [bool(f) for f in flags]
+  for flag, (path, leaf) in zip(flags, leaves_with_path):
+    if flag and not (_is_array_like(leaf) and jnp.issubdtype(leaf.dtype, jnp.floating)):
+      dtype = getattr(leaf, "dtype", type(leaf).__name__)
+      raise TypeError(
+        f"`filter` selects leaf '{path_str(path)}' of dtype {dtype}; only floating-point leaves "
+        "(float16, bfloat16, float32, float64) can be pruned."
+      )
+  return flags
