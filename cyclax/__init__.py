@@ -6,10 +6,21 @@ after every step::
   tx = optax.chain(optax.adamw(1e-3), cyclax.cyclical_prune(0.9, num_cycles=3, cycle_steps=1000))
 """
 
+from cyclax._distribution import erk_num_to_prune as erk_num_to_prune
+from cyclax._export import sparse_size_report as sparse_size_report
+from cyclax._export import strip_pruning as strip_pruning
+from cyclax._export import to_bcoo as to_bcoo
 from cyclax._inspect import find_prune_state as find_prune_state
 from cyclax._inspect import get_masks as get_masks
 from cyclax._inspect import sparsity_report as sparsity_report
 from cyclax._leaves import default_filter as default_filter
+from cyclax._metrics import pruning_metrics as pruning_metrics
+from cyclax._moments import ResetRegrownMomentsState as ResetRegrownMomentsState
+from cyclax._moments import reset_regrown_moments as reset_regrown_moments
+from cyclax._packing import PackedMask as PackedMask
+from cyclax._packing import pack_mask as pack_mask
+from cyclax._packing import unpack_mask as unpack_mask
+from cyclax._patterns import nm_mask as nm_mask
 from cyclax._pruning import CyclicalPruneState as CyclicalPruneState
 from cyclax._pruning import MagnitudePruneState as MagnitudePruneState
 from cyclax._pruning import PruningOrderWarning as PruningOrderWarning
@@ -27,17 +38,28 @@ __version__ = "0.1.0"
 __all__ = [
   "CyclicalPruneState",
   "MagnitudePruneState",
+  "PackedMask",
   "PruningOrderWarning",
+  "ResetRegrownMomentsState",
   "constant_sparsity_schedule",
   "cyclical_prune",
   "cyclical_sparsity_schedule",
   "default_filter",
+  "erk_num_to_prune",
   "find_prune_state",
   "get_masks",
   "gradual_sparsity_schedule",
   "magnitude_prune",
+  "nm_mask",
   "num_to_prune",
   "one_shot_sparsity_schedule",
+  "pack_mask",
   "periodic",
+  "pruning_metrics",
+  "reset_regrown_moments",
+  "sparse_size_report",
   "sparsity_report",
+  "strip_pruning",
+  "to_bcoo",
+  "unpack_mask",
 ]

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cyclax import _leaves
+from cyclax import _leaves, _packing
 from cyclax._pruning import MagnitudePruneState
 
 
@@ -52,7 +52,8 @@ def get_masks(opt_state: optax.OptState) -> Any:
     opt_state: the full optimizer state holding one cyclax pruning state.
 
   Returns:
-    A tree shaped like the params with a bool array per pruned leaf.
+    A tree shaped like the params with a bool array per pruned leaf (masks
+    stored with ``packed_masks=True`` are unpacked).
 
   Example:
     >>> import jax.numpy as jnp, optax, cyclax
@@ -61,7 +62,10 @@ def get_masks(opt_state: optax.OptState) -> Any:
     >>> masks["b"] is None, masks["w"].shape
     (True, (2, 2))
   """
-  return find_prune_state(opt_state).masks
+  masks = find_prune_state(opt_state).masks
+  return jax.tree.map(
+    lambda m: _packing.unpack_mask(m) if _packing.is_packed(m) else m, masks, is_leaf=_packing.is_packed
+  )
 
 
 def sparsity_report(params: optax.Params, *, filter: Optional[_leaves.Filter] = None) -> dict[str, jax.Array]:

@@ -190,9 +190,14 @@ def cyclical_sparsity_schedule(
           f"`initial_sparsity` ({float(initial_sparsity)}) must not exceed "
           f"`target_sparsity` ({float(target_sparsity)})."
         )
-  num_cycles = int(num_cycles)
-  cycle_steps = int(cycle_steps)
-  ramp_steps = float(ramp_fraction) * cycle_steps
+  # optax.inject_hyperparams passes every numeric argument as a (possibly traced) array.
+  if all(_validation.is_concrete(x) for x in (num_cycles, cycle_steps, ramp_fraction)):
+    num_cycles, cycle_steps = int(num_cycles), int(cycle_steps)
+    ramp_steps = float(ramp_fraction) * cycle_steps
+  else:
+    num_cycles = jnp.asarray(num_cycles, jnp.int32)
+    cycle_steps = jnp.asarray(cycle_steps, jnp.int32)
+    ramp_steps = jnp.asarray(ramp_fraction, jnp.float32) * cycle_steps.astype(jnp.float32)
 
   def schedule(count: ArrayLike) -> jax.Array:
     count = jnp.maximum(jnp.asarray(count, jnp.int32), 0)

@@ -1,21 +1,35 @@
-"""Exact magnitude selection without sorting.
+"""Exact magnitude selection without sorting, at a handful of memory passes.
 
 Given a leaf of scores and a traced number ``k``, find the ``k`` entries to
 prune: the ``k`` smallest ``|x|``, with ties at the threshold broken toward the
 lower row-major (C-order) index, so the result equals pruning the first ``k``
-entries of ``numpy.argsort(abs(x).ravel(), kind="stable")``.
+entries of ``numpy.argsort(abs(x).ravel(), kind="stable")``. NaN ranks above
++inf (all NaNs equal), so a NaN is always kept and the number pruned stays exact.
 
-Non-negative IEEE floats order like their bit patterns read as signed integers,
-so the ``k``-th smallest ``|x|`` is found by bisection on integers: every round
-is one pass that counts entries below a candidate, and the kernel never sorts,
-gathers, reshapes or materialises anything bigger than the leaf's mask. NaN ranks
-above +inf (all NaNs equal), so a NaN is always kept and the number pruned stays
-exact.
+Non-negative IEEE floats order like their bit patterns read as integers, so the
+``k``-th smallest ``|x|`` is found by searching integer keys. The default search
+is radix-4: every pass counts the entries at or below three candidate keys in
+ONE fused reduction (a variadic ``lax.reduce``), which reads the leaf once and
+shrinks the candidate interval four-fold, so a 32-bit leaf needs 16 passes and a
+16-bit leaf 8. The plain bisection (``method="bisect"``, one threshold per pass)
+and radix-8 are kept for comparison. Ties are resolved by the same search over
+the row-major index, run only when some leaf needs part of its ties.
+
+Every count goes through :func:`count_true`, which can ``lax.psum`` the counts
+over a named mapped axis, so the kernel runs unchanged on shards inside
+``shard_map``. Under ``jit`` with sharded inputs the reductions become local
+reductions plus all-reduces of scalars: nothing is gathered, sorted, reshaped or
+allocated beyond the masks.
+
+:func:`global_prune_masks` picks one threshold over many leaves (mixed dtypes
+compared exactly in a common float domain) with counts that stay exact beyond
+``2**31`` entries in total, kept as two int32 limbs (:class:`Count`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -26,8 +40,14 @@ from jax.typing import ArrayLike
 # Sparsity is quantised to a multiple of 2**-24 before it is multiplied by a
 # leaf's size; float32 holds every value in [0.5, 1) exactly at that resolution.
 _FIXED_BITS = 24
+_LIMB_BITS = 24
+_LIMB_MASK = 2**_LIMB_BITS - 1
 
 _INT_FOR_FLOAT = {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}
+_WAYS = {"bisect": 2, "radix4": 4, "radix8": 8}
+DEFAULT_METHOD = "radix4"
+
+AxisName = Optional[Union[str, tuple[str, ...]]]
 
 
 def score_bits(x: jax.Array) -> jax.Array:
@@ -41,8 +61,9 @@ def score_bits(x: jax.Array) -> jax.Array:
   return jnp.where(jnp.isnan(x), top, bits)
 
 
-def _num_bits(dtype: jnp.dtype) -> int:
-  return jnp.dtype(dtype).itemsize * 8
+def _fixed_sparsity(sparsity: ArrayLike) -> jax.Array:
+  s = jnp.clip(jnp.asarray(sparsity, jnp.float32), 0.0, 1.0)
+  return jnp.round(s * float(2**_FIXED_BITS)).astype(jnp.int32)
 
 
 def num_to_prune(sparsity: ArrayLike, size: int) -> jax.Array:
@@ -59,12 +80,19 @@ def num_to_prune(sparsity: ArrayLike, size: int) -> jax.Array:
 
   Returns:
     int32 scalar ``k`` with ``0 <= k <= size``.
+
+  Raises:
+    ValueError: if ``size`` is outside ``[0, 2**31)``.
+
+  Example:
+    >>> import cyclax
+    >>> int(cyclax.num_to_prune(0.9, 1000)), int(cyclax.num_to_prune(0.5, 3))
+    (900, 2)
   """
   size = int(size)
   if not 0 <= size < 2**31:
     raise ValueError(f"leaf size must be in [0, 2**31), got {size}.")
-  s = jnp.clip(jnp.asarray(sparsity, jnp.float32), 0.0, 1.0)
-  s_fixed = jnp.round(s * float(2**_FIXED_BITS)).astype(jnp.int32)
+  s_fixed = _fixed_sparsity(sparsity)
   high, low = size >> _FIXED_BITS, size & (2**_FIXED_BITS - 1)
   low1, low0 = low >> 12, low & 0xFFF
   s1, s0 = s_fixed >> 12, s_fixed & 0xFFF
@@ -74,13 +102,146 @@ def num_to_prune(sparsity: ArrayLike, size: int) -> jax.Array:
   return s_fixed * high + s1 * low1 + (middle >> 12) + (tail >> _FIXED_BITS)
 
 
-def _midpoint(lo: jax.Array, hi: jax.Array) -> jax.Array:
-  """``floor((lo + hi) / 2)`` without overflowing the integer type."""
-  return (lo & hi) + ((lo ^ hi) >> 1)
+class Count(NamedTuple):
+  """An exact non-negative integer ``hi * 2**24 + lo`` held in two int32 scalars.
+
+  Counts over many leaves can exceed ``2**31``; every per-leaf count fits in
+  int32, and sums are carried into ``hi`` so that ``0 <= lo < 2**24``.
+  Values up to ``2**55`` are exact.
+  """
+
+  hi: jax.Array
+  lo: jax.Array
 
 
-def _count(pred: jax.Array) -> jax.Array:
-  return jnp.sum(pred, dtype=jnp.int32)
+def as_count(value: Union[int, ArrayLike, Count]) -> Count:
+  """A :class:`Count` from a Python int (any size), an int32 scalar, or a Count."""
+  if isinstance(value, Count):
+    return value
+  if isinstance(value, (int, np.integer)):
+    value = int(value)
+    if not 0 <= value < 2**55:
+      raise ValueError(f"a count must lie in [0, 2**55), got {value}.")
+    return Count(jnp.asarray(value >> _LIMB_BITS, jnp.int32), jnp.asarray(value & _LIMB_MASK, jnp.int32))
+  v = jnp.maximum(jnp.asarray(value, jnp.int32), 0)
+  return Count(v >> _LIMB_BITS, v & _LIMB_MASK)
+
+
+def count_to_int(count: Count) -> int:
+  """The Python int held by a concrete :class:`Count`."""
+  return (int(count.hi) << _LIMB_BITS) + int(count.lo)
+
+
+def _count_add(a: Count, b: Count) -> Count:
+  lo = a.lo + b.lo
+  return Count(a.hi + b.hi + (lo >> _LIMB_BITS), lo & _LIMB_MASK)
+
+
+def _count_sub(a: Count, b: Count) -> Count:
+  """``a - b`` for ``a >= b``."""
+  lo = a.lo - b.lo
+  borrow = (lo < 0).astype(jnp.int32)
+  return Count(a.hi - b.hi - borrow, lo + borrow * 2**_LIMB_BITS)
+
+
+def _count_less(a: Count, b: Count) -> jax.Array:
+  return jnp.logical_or(a.hi < b.hi, jnp.logical_and(a.hi == b.hi, a.lo < b.lo))
+
+
+def _count_sum(values: Sequence[jax.Array]) -> Count:
+  """Exact sum of int32 scalars in ``[0, 2**31)`` as a :class:`Count`."""
+  total = Count(jnp.zeros([], jnp.int32), jnp.zeros([], jnp.int32))
+  for v in values:
+    total = _count_add(total, Count(v >> _LIMB_BITS, v & _LIMB_MASK))
+  return total
+
+
+def _count_clip_int32(value: Count, upper: jax.Array) -> jax.Array:
+  """``min(value, upper)`` as int32, for ``0 <= upper < 2**31``."""
+  big = value.hi >= 2 ** (31 - _LIMB_BITS)
+  small = (jnp.where(big, 0, value.hi) << _LIMB_BITS) + value.lo
+  return jnp.where(big, upper, jnp.minimum(small, upper))
+
+
+def num_to_prune_total(sparsity: ArrayLike, sizes: Sequence[int]) -> Count:
+  """The number of entries pruned over leaves of ``sizes`` entries together.
+
+  The same rounding rule as :func:`num_to_prune`, ``floor(s * N + 1/2)`` with
+  ``N = sum(sizes)`` and ``s`` clipped to [0, 1] and rounded to a multiple of
+  ``2**-24``, computed exactly for ``N`` up to ``2**48`` (past int32) in 12-bit
+  digits.
+
+  Args:
+    sparsity: scalar sparsity (may be traced).
+    sizes: static leaf sizes.
+
+  Returns:
+    The count as a :class:`Count` (two int32 limbs).
+
+  Raises:
+    ValueError: if a size is negative or the total is ``2**48`` or more.
+
+  Example:
+    >>> from cyclax import _select
+    >>> k = _select.num_to_prune_total(0.5, [2**31, 2**31, 5])  # past int32
+    >>> _select.count_to_int(k)  # floor(0.5 * (2**32 + 5) + 1/2)
+    2147483651
+  """
+  sizes = [int(n) for n in sizes]
+  if any(n < 0 for n in sizes):
+    raise ValueError(f"leaf sizes must be non-negative, got {sizes}.")
+  total = sum(sizes)
+  if total >= 2**48:
+    raise ValueError(f"the total number of entries must be below 2**48, got {total}.")
+  s = _fixed_sparsity(sparsity)
+  s_digits = [s & 0xFFF, (s >> 12) & 0xFFF, s >> 24]
+  n_digits = [(total >> (12 * j)) & 0xFFF for j in range(4)]
+  # Schoolbook product in base 2**12; every partial sum stays below 2**27.
+  digits = [jnp.zeros([], jnp.int32) for _ in range(8)]
+  for i, sd in enumerate(s_digits):
+    for j, nd in enumerate(n_digits):
+      if nd:
+        digits[i + j] = digits[i + j] + sd * nd
+  digits[1] = digits[1] + 2**11  # + 2**23, the rounding half
+  carry = jnp.zeros([], jnp.int32)
+  for d in range(8):
+    value = digits[d] + carry
+    digits[d], carry = value & 0xFFF, value >> 12
+  # Dropping digits 0-1 divides by 2**24; digits 2-3 form lo, 4-7 hi (below 2**24 since N < 2**48).
+  lo = digits[2] + (digits[3] << 12)
+  hi = digits[4] + (digits[5] << 12)
+  return Count(hi, lo)
+
+
+def count_true(preds: Sequence[jax.Array], axis_name: AxisName = None) -> list[jax.Array]:
+  """Number of True entries of each predicate, in one fused pass.
+
+  The predicates (same shape) are reduced by ONE variadic ``lax.reduce``, so the
+  data they are computed from is read once. With ``axis_name`` the counts are
+  summed over that mapped axis (``lax.psum``): every count in the kernel goes
+  through here, which is what makes it run on shards.
+
+  Args:
+    preds: boolean arrays of one shape.
+    axis_name: optional name of a mapped axis (``shard_map``/``pmap``) to sum over.
+
+  Returns:
+    One int32 scalar per predicate.
+  """
+  preds = list(preds)
+  ops = [p.astype(jnp.int32) for p in preds]
+  # A single-operand reduce of a bool->int32 convert compiles to a much slower loop on
+  # XLA:CPU than a variadic one, so pad with a second (cheap) operand.
+  padded = len(ops) == 1
+  if padded:
+    ops.append(jnp.zeros(ops[0].shape, jnp.int32))
+  zeros = tuple(jnp.zeros([], jnp.int32) for _ in ops)
+  dims = tuple(range(ops[0].ndim))
+  counts = list(lax.reduce(tuple(ops), zeros, lambda a, b: tuple(x + y for x, y in zip(a, b)), dims))
+  counts = counts[: len(preds)]
+  if axis_name is not None:
+    counts = list(lax.psum(counts, axis_name))
+  return counts
 
 
 def _flat_index(shape: Sequence[int]) -> jax.Array:
@@ -93,88 +254,300 @@ def _flat_index(shape: Sequence[int]) -> jax.Array:
   return index
 
 
-def kth_smallest_bits(bits: Sequence[jax.Array], ks: Sequence[jax.Array]) -> list[jax.Array]:
-  """Per leaf, the smallest key ``t`` with ``count(bits <= t) >= k``.
+class _Layout(NamedTuple):
+  """Where a leaf's local block lies in the whole leaf.
 
-  All leaves are searched together in one loop of ``B - 1`` rounds (``B`` the
-  key width), each round one counting pass over every leaf. For ``k = 0`` the
-  result is a key at or below every entry's key, and nothing is pruned.
+  Without a mapped axis the block is the whole leaf. Inside ``shard_map`` (or
+  ``pmap``) a leaf split along ``dim`` over the mapped ``axis`` holds block
+  ``axis_index(axis)`` of that dimension; its counts are summed over ``axis``
+  and ties are ranked by the row-major index in the whole leaf.
   """
-  bits, ks = list(bits), list(ks)
-  if not bits:
-    return []
-  rounds = max(_num_bits(b.dtype) - 1 for b in bits)
 
-  def body(_, bounds):
+  shape: tuple[int, ...]
+  axis: AxisName = None
+  dim: int = 0
+
+  @property
+  def size(self) -> int:
+    """Entries in the whole leaf."""
+    parts = 1 if self.axis is None else lax.axis_size(self.axis)
+    return int(np.prod(self.shape, dtype=np.int64)) * parts
+
+  def _coords(self) -> tuple[list[int], list[jax.Array]]:
+    whole = list(self.shape)
+    coords = [lax.broadcasted_iota(jnp.int32, self.shape, d) for d in range(len(self.shape))]
+    if self.axis is not None:
+      whole[self.dim] *= lax.axis_size(self.axis)
+      offset = lax.axis_index(self.axis).astype(jnp.int32) * self.shape[self.dim]
+      coords[self.dim] = coords[self.dim] + offset
+    return whole, coords
+
+  def index(self) -> jax.Array:
+    """Row-major position of every local entry in the whole leaf, from iotas."""
+    whole, coords = self._coords()
+    index = jnp.zeros(self.shape, jnp.int32)
+    stride = 1
+    for d in reversed(range(len(self.shape))):
+      index = index + coords[d] * stride
+      stride *= whole[d]
+    return index
+
+  def before(self, j: jax.Array) -> jax.Array:
+    """``index() < j`` for a scalar ``0 <= j <= size``, compared digit by digit.
+
+    The index itself is never formed: inside a loop it would be loop-invariant
+    and XLA would hoist it into a leaf-sized int32 array.
+    """
+    whole, coords = self._coords()
+    j = jnp.asarray(j, jnp.int32)
+    strides = [int(np.prod(whole[d + 1 :], dtype=np.int64)) for d in range(len(whole))]
+    less = j > 0 if not whole else jnp.zeros(self.shape, jnp.bool_)
+    for d in reversed(range(len(whole))):
+      digit = j // strides[d] if d == 0 else (j // strides[d]) % whole[d]
+      less = jnp.logical_or(coords[d] < digit, jnp.logical_and(coords[d] == digit, less))
+    return less
+
+
+def _layouts(
+  scores: Sequence[jax.Array], axis_name: AxisName, sharded_dims: Optional[Sequence[Optional[int]]]
+) -> list[_Layout]:
+  """Per score, its :class:`_Layout` (split along ``sharded_dims[i]``, default 0, or replicated if None)."""
+  if axis_name is None:
+    return [_Layout(tuple(s.shape)) for s in scores]
+  dims = [0] * len(scores) if sharded_dims is None else list(sharded_dims)
+  if len(dims) != len(scores):
+    raise ValueError(f"`sharded_dims` must have one entry per score ({len(scores)}), got {len(dims)}.")
+  layouts = []
+  for s, d in zip(scores, dims):
+    if d is None:
+      layouts.append(_Layout(tuple(s.shape)))
+    elif isinstance(d, (int, np.integer)) and -s.ndim <= d < s.ndim:
+      layouts.append(_Layout(tuple(s.shape), axis_name, int(d) % s.ndim))
+    else:
+      raise ValueError(
+        f"`sharded_dims` entries must be None or a dimension of the score ({s.shape}), got {d!r}."
+      )
+  return layouts
+
+
+def _widen_bits(k: jax.Array, src: jnp.dtype, dst: jnp.dtype) -> jax.Array:
+  """The bits of the non-negative float with bits ``k`` in ``src``, widened exactly to ``dst``.
+
+  Float compares are not used because XLA:CPU flushes subnormals to zero in them.
+  """
+  src, dst = jnp.dtype(src), jnp.dtype(dst)
+  if src == dst:
+    return k
+  if src == jnp.bfloat16:
+    return _widen_bits(k.astype(jnp.int32) << 16, jnp.float32, dst)
+  if src == jnp.float16:
+    k = k.astype(jnp.int32)
+    exp, man = k >> 10, k & 0x3FF
+    lead = 31 - lax.clz(jnp.maximum(man, 1))  # position of the top set bit of a subnormal's mantissa
+    sub = ((lead + 103) << 23) | ((man << (23 - lead)) & 0x7FFFFF)
+    norm = jnp.where(exp == 31, 0x7F800000 | (man << 13), ((exp + 112) << 23) | (man << 13))
+    out = jnp.where(exp == 0, jnp.where(man == 0, 0, sub), norm)
+    return _widen_bits(out, jnp.float32, dst)
+  # float32 -> float64
+  k = k.astype(jnp.int64)
+  exp, man = k >> 23, k & 0x7FFFFF
+  lead = 63 - lax.clz(jnp.maximum(man, 1))
+  sub = ((lead + 874) << 52) | ((man << (52 - lead)) & 0xFFFFFFFFFFFFF)
+  norm = jnp.where(exp == 255, 0x7FF0000000000000 | (man << 29), ((exp + 896) << 52) | (man << 29))
+  return jnp.where(exp == 0, jnp.where(man == 0, 0, sub), norm)
+
+
+class _Keys(NamedTuple):
+  """Comparisons of a leaf's keys with scalar thresholds, evaluated on the leaf itself.
+
+  A key is the bit pattern of ``|x|`` in the float type ``float_dtype`` (every
+  NaN ranks as the top key). Keys are never materialised: inside a loop each
+  comparison starts from ``x`` passed through an optimization barrier together
+  with ``live``, a loop-variant scalar, so no leaf-sized intermediate is
+  loop-invariant and XLA cannot hoist one (a leaf-sized key array) out of the
+  loop. (A float ``where`` would do the same but lets XLA:CPU flush subnormals.)
+  """
+
+  x: jax.Array
+  float_dtype: jnp.dtype
+  key_dtype: jnp.dtype
+
+  def key(self, live: Optional[jax.Array]) -> jax.Array:
+    own = _INT_FOR_FLOAT[jnp.dtype(self.x.dtype).itemsize]
+    x = self.x if live is None else lax.optimization_barrier((self.x, live))[0]
+    # Clear the sign with shifts, not ``& 0x7f..``: XLA rewrites the latter into a float abs,
+    # which flushes subnormals to zero on CPU.
+    unsigned = {2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}[jnp.dtype(own).itemsize]
+    bits = lax.shift_right_logical(lax.bitcast_convert_type(x, unsigned) << 1, jnp.array(1, unsigned))
+    bits = lax.bitcast_convert_type(bits, own)
+    return _widen_bits(bits, self.x.dtype, self.float_dtype).astype(self.key_dtype)
+
+  def _inf(self) -> jax.Array:
+    return lax.bitcast_convert_type(jnp.array(jnp.inf, self.float_dtype), self.key_dtype)
+
+  def le(self, t: jax.Array, live: Optional[jax.Array] = None) -> jax.Array:
+    """``key <= t``."""
+    t = t.astype(self.key_dtype)
+    top = t == np.iinfo(self.key_dtype).max
+    return jnp.logical_or(self.key(live) <= jnp.minimum(t, self._inf()), top)
+
+  def lt(self, t: jax.Array) -> jax.Array:
+    """``key < t``."""
+    t = t.astype(self.key_dtype)
+    return jnp.logical_and(t > 0, self.key(None) <= jnp.minimum(t - 1, self._inf()))
+
+  def eq(
+    self, t: jax.Array, before: Optional[jax.Array] = None, live: Optional[jax.Array] = None
+  ) -> jax.Array:
+    """``key == t``, and with ``before`` (a bool array) only where it holds."""
+    t = t.astype(self.key_dtype)
+    k = self.key(live)
+    out = jnp.where(t == np.iinfo(self.key_dtype).max, k > self._inf(), k == t)
+    return out if before is None else jnp.logical_and(out, before)
+
+
+def _own_keys(x: jax.Array) -> _Keys:
+  """Keys of ``x`` in its own float type (per-leaf selection)."""
+  score_bits(x)  # dtype check
+  return _Keys(x, jnp.dtype(x.dtype), jnp.dtype(_INT_FOR_FLOAT[jnp.dtype(x.dtype).itemsize]))
+
+
+def _search(
+  below_k: Callable[[list[list[jax.Array]], jax.Array], list[list[jax.Array]]],
+  bounds: Sequence[tuple[jax.Array, jax.Array]],
+  ways: int,
+) -> list[jax.Array]:
+  """Per problem, the smallest ``t`` in ``[lo, hi]`` with ``count(<= t) >= k``.
+
+  A ``ways``-ary interval search run for all problems together: each round asks
+  ``below_k`` whether ``count(<= t_j) < k`` for ``ways - 1`` thresholds per
+  problem (one pass over the data; its second argument is a loop-variant
+  all-ones int32 for :meth:`_Keys.key`) and keeps the sub-interval that holds the
+  answer. The caller guarantees ``count(<= hi) >= k`` and that any ``t < lo``
+  has ``count(<= t) < k``. Bounds are unsigned so no arithmetic overflows.
+  """
+
+  def thresholds(lo, hi):
+    size = hi - lo + 1
+    q, r = size // ways, size % ways
+    one = jnp.ones([], lo.dtype)
+    return [lo + jnp.maximum(j * q + (j * r) // ways, one) - one for j in range(1, ways)]
+
+  def cond(state):
+    return jnp.any(jnp.stack([lo < hi for lo, hi in state]))
+
+  def body(state):
+    ts = [thresholds(lo, hi) for lo, hi in state]
+    lo0, hi0 = state[0]
+    live = jnp.where(lo0 > hi0, 0, -1)  # always -1, but XLA cannot prove it
+    flags = below_k(ts, live)
     new = []
-    for b, k, (lo, hi) in zip(bits, ks, bounds):
-      mid = _midpoint(lo, hi)
-      enough = _count(b <= mid.astype(b.dtype)) >= k
-      new.append((jnp.where(enough, lo, mid), jnp.where(enough, mid, hi)))
+    for (lo, hi), t, f in zip(state, ts, flags):
+      # count(<= t_j) grows with j: the answer is in the first sub-interval whose top reaches k.
+      m = sum(x.astype(jnp.int32) for x in f)
+      tops = jnp.stack(t + [hi])
+      bottoms = jnp.stack([lo] + [tj + 1 for tj in t])
+      new.append((jnp.maximum(bottoms[m], lo), tops[m]))
     return new
 
-  init = []
-  for b in bits:
-    top = np.iinfo(b.dtype).max
-    # Bounds live in int32/int64 so that ``lo = -1`` and midpoints never overflow.
-    wide = jnp.int64 if b.dtype == jnp.int64 else jnp.int32
-    init.append((jnp.array(-1, wide), jnp.array(top, wide)))
-  bounds = lax.fori_loop(0, rounds, body, init)
-  return [hi.astype(b.dtype) for b, (_, hi) in zip(bits, bounds)]
+  state = lax.while_loop(cond, body, [(lo, hi) for lo, hi in bounds])
+  return [hi for _, hi in state]
 
 
-def prune_masks_from_bits(bits: Sequence[jax.Array], ks: Sequence[jax.Array]) -> list[jax.Array]:
-  """Keep-masks that prune exactly ``ks[i]`` entries of leaf ``i``.
+def _unsigned(key_dtype: jnp.dtype) -> jnp.dtype:
+  return jnp.uint64 if jnp.dtype(key_dtype).itemsize == 8 else jnp.uint32
 
-  Entries with a key below the threshold are pruned; of the entries equal to it,
-  the ones with the lowest row-major index are pruned until the count is met.
-  Ties are resolved by a second bisection over the flat index, run (for all
-  leaves at once) only when some leaf has more ties than it needs to prune.
+
+def _key_bounds(key_dtype: jnp.dtype) -> tuple[jax.Array, jax.Array]:
+  u = _unsigned(key_dtype)
+  return jnp.zeros([], u), jnp.array(np.iinfo(key_dtype).max, u)
+
+
+def _check_method(method: str) -> int:
+  if method not in _WAYS:
+    raise ValueError(f"`method` must be one of {sorted(_WAYS)}, got {method!r}.")
+  return _WAYS[method]
+
+
+def _tie_cuts(
+  keys: Sequence[_Keys],
+  layouts: Sequence[_Layout],
+  thresholds: Sequence[jax.Array],
+  need: Sequence[jax.Array],
+  num_at: Sequence[jax.Array],
+  ways: int,
+) -> list[jax.Array]:
+  """Per leaf, the cut ``J``: prune the ties at the threshold whose row-major index is below ``J``.
+
+  ``J = 0`` prunes no tie and ``J = size`` all of them; in between (some leaf
+  needs part of its ties) ``J`` is found by a search over the index.
   """
-  bits = list(bits)
-  ks = [jnp.asarray(k, jnp.int32) for k in ks]
-  thresholds = kth_smallest_bits(bits, ks)
-  below = [b < t for b, t in zip(bits, thresholds)]
-  at = [b == t for b, t in zip(bits, thresholds)]
-  need = [k - _count(m) for k, m in zip(ks, below)]
-  ambiguous = jnp.any(jnp.stack([_count(a) != r for a, r in zip(at, need)]))
+  sizes = [lay.size for lay in layouts]
+  full = [jnp.where(r > 0, jnp.int32(n), jnp.int32(0)) for r, n in zip(need, sizes)]
+  partial = [jnp.logical_and(r > 0, r < a) for r, a in zip(need, num_at)]
 
-  def simple_cut():
-    return [jnp.logical_not(jnp.logical_or(lo, eq)) for lo, eq in zip(below, at)]
+  def search():
+    def below_k(ts, live):
+      out = []
+      for key, lay, t, thr, r in zip(keys, layouts, ts, thresholds, need):
+        counts = count_true([key.eq(thr, lay.before(tj.astype(jnp.int32) + 1), live) for tj in t], lay.axis)
+        out.append([c < r for c in counts])
+      return out
 
-  def index_cut():
-    positions = [_flat_index(b.shape) for b in bits]
-    rounds = max(max(int(np.ceil(np.log2(b.size + 1))), 1) for b in bits)
+    bounds = [(jnp.zeros([], jnp.uint32), jnp.array(max(n - 1, 0), jnp.uint32)) for n in sizes]
+    cuts = _search(below_k, bounds, ways)
+    return [jnp.where(p, c.astype(jnp.int32) + 1, f) for p, c, f in zip(partial, cuts, full)]
 
-    def body(_, bounds):
-      new = []
-      for eq, pos, r, (lo, hi) in zip(at, positions, need, bounds):
-        mid = _midpoint(lo, hi)
-        enough = _count(jnp.logical_and(eq, pos < mid)) >= r
-        new.append((jnp.where(enough, lo, mid), jnp.where(enough, mid, hi)))
-      return new
-
-    # Smallest cut J with count(eq & pos < J) >= r; J lies in (lo, hi].
-    init = [(jnp.array(-1, jnp.int32), jnp.array(b.size, jnp.int32)) for b in bits]
-    bounds = lax.fori_loop(0, rounds, body, init)
-    return [
-      jnp.logical_not(jnp.logical_or(lo, jnp.logical_and(eq, pos < hi)))
-      for lo, eq, pos, (_, hi) in zip(below, at, positions, bounds)
-    ]
-
-  return lax.cond(ambiguous, index_cut, simple_cut)
+  return lax.cond(jnp.any(jnp.stack(partial)), search, lambda: full)
 
 
-def prune_masks(scores: Sequence[jax.Array], ks: Sequence[ArrayLike]) -> list[jax.Array]:
+def _masks(
+  keys: Sequence[_Keys],
+  layouts: Sequence[_Layout],
+  thresholds: Sequence[jax.Array],
+  cuts: Sequence[jax.Array],
+) -> list[jax.Array]:
+  masks = []
+  for key, lay, thr, cut in zip(keys, layouts, thresholds, cuts):
+    pruned = jnp.logical_or(key.lt(thr), key.eq(thr, lay.before(cut)))
+    masks.append(jnp.logical_not(pruned))
+  return masks
+
+
+def prune_masks(
+  scores: Sequence[jax.Array],
+  ks: Sequence[ArrayLike],
+  *,
+  axis_name: AxisName = None,
+  sharded_dims: Optional[Sequence[Optional[int]]] = None,
+  method: str = DEFAULT_METHOD,
+) -> list[jax.Array]:
   """Keep-masks pruning exactly ``ks[i]`` smallest-magnitude entries of ``scores[i]``.
+
+  Ties in ``|x|`` are pruned lowest row-major index first; NaN ranks above +inf.
+  All leaves are searched together, one fused counting pass per leaf per round.
 
   Args:
     scores: floating-point arrays (any shape, float16/bfloat16/float32/float64).
-    ks: per leaf, the number of entries to prune, ``0 <= k <= size`` (may be
-      traced).
+    ks: per leaf, the number of entries to prune (may be traced); clipped to
+      ``[0, size]``.
+    axis_name: optional mapped axis name: inside ``shard_map`` each device holds
+      a block of each leaf, counts are summed over this axis, and ``ks`` are the
+      numbers to prune from the whole leaves. Ties are broken by the row-major
+      index in the whole leaf, so the masks equal those of the unsharded leaves.
+    sharded_dims: with ``axis_name``, per score the dimension split over the
+      axis (the device at ``axis_index`` holds that block), or None for a score
+      replicated over it. Default: every score split along dimension 0.
+    method: the search, ``"radix4"`` (default: three thresholds per pass),
+      ``"radix8"`` (seven) or ``"bisect"`` (one).
 
   Returns:
     Boolean arrays shaped like ``scores``: True where an entry is kept.
+
+  Raises:
+    TypeError: if a score is not floating point.
+    ValueError: for an unknown ``method``, a ``ks`` or ``sharded_dims`` of the
+      wrong length, or a sharded dimension the score does not have.
 
   Example:
     >>> import jax.numpy as jnp
@@ -183,7 +556,127 @@ def prune_masks(scores: Sequence[jax.Array], ks: Sequence[ArrayLike]) -> list[ja
     >>> mask.tolist()
     [True, False, True, False]
   """
+  ways = _check_method(method)
+  scores, ks = list(scores), list(ks)
+  if len(scores) != len(ks):
+    raise ValueError(f"`ks` must have one entry per score ({len(scores)}), got {len(ks)}.")
+  if not scores:
+    return []
+  for s in scores:
+    score_bits(s)  # dtype check
+  layouts = _layouts(scores, axis_name, sharded_dims)
+  ks = [jnp.clip(jnp.asarray(k, jnp.int32), 0, lay.size) for k, lay in zip(ks, layouts)]
+  keys = [_own_keys(s) for s in scores]
+
+  def below_k(ts, live):
+    out = []
+    for key, lay, t, k in zip(keys, layouts, ts, ks):
+      counts = count_true([key.le(tj, live) for tj in t], lay.axis)
+      out.append([c < k for c in counts])
+    return out
+
+  found = _search(below_k, [_key_bounds(key.key_dtype) for key in keys], ways)
+  thresholds = [t.astype(key.key_dtype) for t, key in zip(found, keys)]
+  counts = [
+    count_true([key.lt(thr), key.eq(thr)], lay.axis) for key, lay, thr in zip(keys, layouts, thresholds)
+  ]
+  need = [k - below for k, (below, _) in zip(ks, counts)]
+  num_at = [at for _, at in counts]
+  cuts = _tie_cuts(keys, layouts, thresholds, need, num_at, ways)
+  return _masks(keys, layouts, thresholds, cuts)
+
+
+def _common_key_dtype(scores: Sequence[jax.Array]) -> tuple[jnp.dtype, jnp.dtype]:
+  """The float type every score is cast to (exactly) for one global ranking, and its key."""
+  wide = any(jnp.dtype(s.dtype).itemsize == 8 for s in scores)
+  return (jnp.float64, jnp.int64) if wide else (jnp.float32, jnp.int32)
+
+
+def _ties_per_leaf(k: Count, below: Sequence[jax.Array], at: Sequence[jax.Array]) -> list[jax.Array]:
+  """How many of its ties at the threshold each leaf prunes, earlier leaves first.
+
+  ``k`` pruned in total, ``below[i]``/``at[i]`` the int32 counts of leaf ``i``
+  under and at the threshold; leaf ``i`` prunes ``min(remaining, at[i])``.
+  """
+  remaining = _count_sub(k, _count_sum(below))
+  need = []
+  for a in at:
+    r = _count_clip_int32(remaining, a)
+    need.append(r)
+    remaining = _count_sub(remaining, as_count(r))
+  return need
+
+
+def global_prune_masks(
+  scores: Sequence[jax.Array],
+  k_total: Union[int, ArrayLike, Count],
+  *,
+  axis_name: AxisName = None,
+  sharded_dims: Optional[Sequence[Optional[int]]] = None,
+  method: str = DEFAULT_METHOD,
+) -> list[jax.Array]:
+  """Keep-masks pruning exactly ``k_total`` smallest-magnitude entries over all leaves together.
+
+  One threshold for every leaf. The ranking is that of ``|x|`` with every leaf
+  cast exactly to a common float type (float32, or float64 when a leaf is
+  float64); ties are pruned in order of leaf position in ``scores``, then
+  row-major index inside a leaf; NaN ranks above +inf. Leaves are never
+  concatenated: every round counts each leaf in one fused pass and adds the
+  per-leaf int32 counts exactly into a :class:`Count`, so totals beyond ``2**31``
+  are exact.
+
+  Args:
+    scores: floating-point arrays (any shapes and float dtypes, each below
+      ``2**31`` entries).
+    k_total: the number of entries to prune over all leaves: a Python int, an
+      int32 scalar (may be traced) or a :class:`Count` (for example from
+      :func:`num_to_prune_total`); clipped to the total size.
+    axis_name: optional mapped axis name to sum counts over (see
+      :func:`prune_masks`).
+    sharded_dims: with ``axis_name``, per score the dimension split over the
+      axis or None (replicated), as in :func:`prune_masks`.
+    method: the search, as in :func:`prune_masks`.
+
+  Returns:
+    Boolean arrays shaped like ``scores``: True where an entry is kept.
+
+  Raises:
+    TypeError: if a score is not floating point.
+    ValueError: for an unknown ``method``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from cyclax import _select
+    >>> a = jnp.array([0.5, -0.1, 2.0])
+    >>> b = jnp.array([[0.1, 3.0], [0.2, -0.05]], jnp.bfloat16)
+    >>> [m.astype(int).tolist() for m in _select.global_prune_masks([a, b], 3)]
+    [[1, 0, 1], [[0, 1], [1, 0]]]
+  """
+  ways = _check_method(method)
   scores = list(scores)
   if not scores:
     return []
-  return prune_masks_from_bits([score_bits(s) for s in scores], list(ks))
+  for s in scores:
+    score_bits(s)  # dtype check
+  float_dtype, key_dtype = _common_key_dtype(scores)
+  keys = [_Keys(s, jnp.dtype(float_dtype), jnp.dtype(key_dtype)) for s in scores]
+  layouts = _layouts(scores, axis_name, sharded_dims)
+  k = as_count(k_total)
+  total = as_count(sum(lay.size for lay in layouts))
+  k = Count(*lax.cond(_count_less(total, k), lambda: tuple(total), lambda: tuple(k)))
+
+  def below_k(ts, live):
+    [t] = ts
+    per_leaf = []
+    for key, lay in zip(keys, layouts):
+      per_leaf.append(count_true([key.le(tj, live) for tj in t], lay.axis))
+    return [[_count_less(_count_sum(col), k) for col in zip(*per_leaf)]]
+
+  [found] = _search(below_k, [_key_bounds(key_dtype)], ways)
+  threshold = found.astype(key_dtype)
+  counts = [count_true([key.lt(threshold), key.eq(threshold)], lay.axis) for key, lay in zip(keys, layouts)]
+  need = _ties_per_leaf(k, [below for below, _ in counts], [at for _, at in counts])
+  thresholds = [threshold] * len(scores)
+  num_at = [at for _, at in counts]
+  cuts = _tie_cuts(keys, layouts, thresholds, need, num_at, ways)
+  return _masks(keys, layouts, thresholds, cuts)

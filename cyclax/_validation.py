@@ -62,8 +62,13 @@ def check_fraction(name: str, value: Any, *, low_open: bool = True) -> None:
   """Raises if a concrete value is outside (0, 1] (or [0, 1])."""
   if not is_concrete(value):
     return
-  v = float(np.asarray(value))
+  allowed = "(0, 1]" if low_open else "[0, 1]"
+  arr = np.asarray(value)
+  if (
+    arr.shape != () or not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating)
+  ):
+    raise TypeError(f"`{name}` must be a real number in {allowed}, got {value!r}.")
+  v = float(arr)
   ok = (0.0 < v <= 1.0) if low_open else (0.0 <= v <= 1.0)
   if not ok:
-    allowed = "(0, 1]" if low_open else "[0, 1]"
     raise ValueError(f"`{name}` must lie in {allowed}, got {v!r}.")

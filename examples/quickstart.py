@@ -69,7 +69,9 @@ def main() -> None:
     if (t + 1) % CYCLE_STEPS == 0:
       acc = float(jnp.mean(jnp.argmax(forward(params, x), -1) == y))
       total = float(cyclax.sparsity_report(params)["total"])
-      print(f"end of cycle {(t + 1) // CYCLE_STEPS}: loss {float(loss):.3f}  acc {acc:.3f}  sparsity {total:.3f}")
+      print(
+        f"end of cycle {(t + 1) // CYCLE_STEPS}: loss {float(loss):.3f}  acc {acc:.3f}  sparsity {total:.3f}"
+      )
 
   print("\nper-leaf sparsity (kernels pruned to the target, biases dense):")
   for name, value in cyclax.sparsity_report(params).items():

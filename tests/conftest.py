@@ -1,0 +1,6 @@
+"""Makes the NumPy reference implementation (`tests/reference.py`) importable from every test file."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
