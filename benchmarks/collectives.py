@@ -102,6 +102,7 @@ _CONTEXT_NAMES = {
   "branch > loop": "per threshold-search round (refresh)",
   "branch > branch": "once per refresh, when ties split",
   "branch > branch > loop": "per tie-search round (refresh, ties split)",
+  "branch > branch > loop > branch": "per tie-search round (refresh, ties split)",
 }
 
 

@@ -49,6 +49,47 @@ def path_str(path: tuple) -> str:
   return "/".join(parts)
 
 
+class _Box:
+  """Holds one value so that it stays a single leaf whatever it is (None, a list)."""
+
+  def __init__(self, value: Any):
+    self.value = value
+
+
+def broadcast_prefix(prefix: Any, params: optax.Params, name: str, allowed: str) -> list:
+  """Per leaf of ``params`` (flatten order), the entry of ``prefix`` above it.
+
+  Args:
+    prefix: a pytree with the params' structure, or a prefix of it (an entry
+      then applies to its whole subtree); its entries may be None.
+    params: the params tree.
+    name: the argument's name, for errors.
+    allowed: what one entry may be, for errors.
+
+  Returns:
+    A list aligned with ``jax.tree.leaves(params)``.
+
+  Raises:
+    ValueError: if ``prefix`` is not a prefix of the params' structure.
+  """
+  try:
+    boxed = jax.tree.map(
+      lambda v, sub: jax.tree.map(lambda _: _Box(v), sub), prefix, params, is_leaf=lambda x: x is None
+    )
+  except (ValueError, TypeError) as e:
+    raise ValueError(
+      f"`{name}` must be {allowed}, or a pytree of them with the params' structure (or a prefix of it): {e}"
+    ) from None
+  values = [b.value for b in jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, _Box))]
+  num_leaves = len(jax.tree.leaves(params))
+  if len(values) != num_leaves:
+    raise ValueError(
+      f"`{name}` gives {len(values)} entries for {num_leaves} params leaves; it must have the params' "
+      "structure (or a prefix of it)."
+    )
+  return values
+
+
 def select_leaves(params: optax.Params, filter: Optional[Filter]) -> list[bool]:
   """Per leaf of ``params`` (in flatten order), whether it is pruned.
 
@@ -81,19 +122,7 @@ def select_leaves(params: optax.Params, filter: Optional[Filter]) -> list[bool]:
         )
       flags.append(bool(flag))
   else:
-    try:
-      broadcast = jax.tree.map(lambda f, sub: jax.tree.map(lambda _: f, sub), filter, params)
-      flags = jax.tree.leaves(broadcast)
-    except (ValueError, TypeError) as e:
-      raise ValueError(
-        "`filter` must be a callable (path, leaf) -> bool or a pytree of bools with the same "
-        f"structure as the params (or a prefix of it): {e}"
-      ) from None
-    if len(flags) != len(leaves_with_path):
-      raise ValueError(
-        f"`filter` tree gives {len(flags)} flags for {len(leaves_with_path)} params leaves; "
-        "it must have the params' structure."
-      )
+    flags = broadcast_prefix(filter, params, "filter", "a callable (path, leaf) -> bool or a bool")
     for f, (path, _) in zip(flags, leaves_with_path):
       if not isinstance(f, (bool, jnp.bool_)):
         raise ValueError(f"`filter` tree leaves must be bools, got {f!r} for leaf '{path_str(path)}'.")

@@ -230,15 +230,18 @@ def count_true(preds: Sequence[jax.Array], axis_name: AxisName = None) -> list[j
   """
   preds = list(preds)
   ops = [p.astype(jnp.int32) for p in preds]
-  # A single-operand reduce of a bool->int32 convert compiles to a much slower loop on
-  # XLA:CPU than a variadic one, so pad with a second (cheap) operand.
+  # XLA:CPU rewrites a single-operand sum into a tree of reduce-windows over a materialised
+  # int32 copy of the predicate (slow, and leaf-sized); a variadic reduce stays one fused
+  # loop. So a single count is padded with a second one, kept alive (XLA drops unused outputs).
   padded = len(ops) == 1
   if padded:
-    ops.append(jnp.zeros(ops[0].shape, jnp.int32))
+    ops.append(jnp.logical_not(preds[0]).astype(jnp.int32))
   zeros = tuple(jnp.zeros([], jnp.int32) for _ in ops)
   dims = tuple(range(ops[0].ndim))
   counts = list(lax.reduce(tuple(ops), zeros, lambda a, b: tuple(x + y for x, y in zip(a, b)), dims))
-  counts = counts[: len(preds)]
+  if padded:
+    # ``count + count(not pred) - count(not pred)``: exact, and XLA does not fold it.
+    counts = [(counts[0] + counts[1]) - counts[1]]
   if axis_name is not None:
     counts = list(lax.psum(counts, axis_name))
   return counts
@@ -412,42 +415,55 @@ def _own_keys(x: jax.Array) -> _Keys:
   return _Keys(x, jnp.dtype(x.dtype), jnp.dtype(_INT_FOR_FLOAT[jnp.dtype(x.dtype).itemsize]))
 
 
+def _thresholds(lo: jax.Array, hi: jax.Array, ways: int) -> list[jax.Array]:
+  """``ways - 1`` keys splitting ``[lo, hi]`` into ``ways`` near-equal parts."""
+  size = hi - lo + 1
+  q, r = size // ways, size % ways
+  one = jnp.ones([], lo.dtype)
+  return [lo + jnp.maximum(j * q + (j * r) // ways, one) - one for j in range(1, ways)]
+
+
+def _narrow(
+  lo: jax.Array, hi: jax.Array, t: list[jax.Array], below: Sequence[jax.Array]
+) -> tuple[jax.Array, jax.Array]:
+  """The sub-interval holding the answer, given ``below[j] = count(<= t[j]) < k``."""
+  # count(<= t_j) grows with j: the answer is in the first sub-interval whose top reaches k.
+  m = sum(x.astype(jnp.int32) for x in below)
+  tops = jnp.stack(t + [hi])
+  bottoms = jnp.stack([lo] + [tj + 1 for tj in t])
+  return jnp.maximum(bottoms[m], lo), tops[m]
+
+
+def _loop_live(lo: jax.Array, hi: jax.Array) -> jax.Array:
+  """An int32 that is always -1 inside a search loop, but that XLA cannot prove constant."""
+  return jnp.where(lo > hi, 0, -1)
+
+
 def _search(
-  below_k: Callable[[list[list[jax.Array]], jax.Array], list[list[jax.Array]]],
+  below_k: Callable[[int, list[jax.Array], jax.Array], list[jax.Array]],
   bounds: Sequence[tuple[jax.Array, jax.Array]],
   ways: int,
 ) -> list[jax.Array]:
   """Per problem, the smallest ``t`` in ``[lo, hi]`` with ``count(<= t) >= k``.
 
   A ``ways``-ary interval search run for all problems together: each round asks
-  ``below_k`` whether ``count(<= t_j) < k`` for ``ways - 1`` thresholds per
-  problem (one pass over the data; its second argument is a loop-variant
-  all-ones int32 for :meth:`_Keys.key`) and keeps the sub-interval that holds the
-  answer. The caller guarantees ``count(<= hi) >= k`` and that any ``t < lo``
-  has ``count(<= t) < k``. Bounds are unsigned so no arithmetic overflows.
+  ``below_k(i, thresholds, live)`` whether ``count(<= t_j) < k`` for the
+  ``ways - 1`` thresholds of problem ``i`` (one pass over its data; ``live`` is
+  a loop-variant all-ones int32 for :meth:`_Keys.key`) and keeps the
+  sub-interval that holds the answer. The caller guarantees ``count(<= hi) >= k``
+  and that any ``t < lo`` has ``count(<= t) < k``. Bounds are unsigned so no
+  arithmetic overflows.
   """
-
-  def thresholds(lo, hi):
-    size = hi - lo + 1
-    q, r = size // ways, size % ways
-    one = jnp.ones([], lo.dtype)
-    return [lo + jnp.maximum(j * q + (j * r) // ways, one) - one for j in range(1, ways)]
 
   def cond(state):
     return jnp.any(jnp.stack([lo < hi for lo, hi in state]))
 
   def body(state):
-    ts = [thresholds(lo, hi) for lo, hi in state]
-    lo0, hi0 = state[0]
-    live = jnp.where(lo0 > hi0, 0, -1)  # always -1, but XLA cannot prove it
-    flags = below_k(ts, live)
+    live = _loop_live(*state[0])
     new = []
-    for (lo, hi), t, f in zip(state, ts, flags):
-      # count(<= t_j) grows with j: the answer is in the first sub-interval whose top reaches k.
-      m = sum(x.astype(jnp.int32) for x in f)
-      tops = jnp.stack(t + [hi])
-      bottoms = jnp.stack([lo] + [tj + 1 for tj in t])
-      new.append((jnp.maximum(bottoms[m], lo), tops[m]))
+    for i, (lo, hi) in enumerate(state):
+      t = _thresholds(lo, hi, ways)
+      new.append(_narrow(lo, hi, t, below_k(i, t, live)))
     return new
 
   state = lax.while_loop(cond, body, [(lo, hi) for lo, hi in bounds])
@@ -487,16 +503,42 @@ def _tie_cuts(
   partial = [jnp.logical_and(r > 0, r < a) for r, a in zip(need, num_at)]
 
   def search():
-    def below_k(ts, live):
-      out = []
-      for key, lay, t, thr, r in zip(keys, layouts, ts, thresholds, need):
-        counts = count_true([key.eq(thr, lay.before(tj.astype(jnp.int32) + 1), live) for tj in t], lay.axis)
-        out.append([c < r for c in counts])
-      return out
+    # Leaves are searched one after the other, one pass per round, inside ONE while loop
+    # with ONE switch, so only the leaves that need part of their ties pay passes.
+    num = len(keys)
+    tops = jnp.array([max(n - 1, 0) for n in sizes], jnp.uint32)
+    is_partial = jnp.stack(partial)
 
-    bounds = [(jnp.zeros([], jnp.uint32), jnp.array(max(n - 1, 0), jnp.uint32)) for n in sizes]
-    cuts = _search(below_k, bounds, ways)
-    return [jnp.where(p, c.astype(jnp.int32) + 1, f) for p, c, f in zip(partial, cuts, full)]
+    def branch(i):
+      def flags(lo, hi, live):
+        t = _thresholds(lo, hi, ways)
+        before = [layouts[i].before(tj.astype(jnp.int32) + 1) for tj in t]
+        counts = count_true([keys[i].eq(thresholds[i], b, live) for b in before], layouts[i].axis)
+        return jnp.stack([c < need[i] for c in counts])
+
+      return flags
+
+    idle = lambda lo, hi, live: jnp.zeros([ways - 1], jnp.bool_)
+    branches = [branch(i) for i in range(num)] + [idle]
+
+    def body(state):
+      i, lo, hi, cuts = state
+      active = jnp.logical_and(is_partial[i], lo < hi)
+      below = lax.switch(jnp.where(active, i, num), branches, lo, hi, _loop_live(lo, hi))
+      new_lo, new_hi = _narrow(lo, hi, _thresholds(lo, hi, ways), list(below))
+      # Leaf i is done: record its cut and start the next leaf.
+      cuts = jnp.where(active, cuts, cuts.at[i].set(hi.astype(jnp.int32) + 1))
+      nxt = jnp.minimum(i + 1, num - 1)
+      return (
+        jnp.where(active, i, i + 1),
+        jnp.where(active, new_lo, jnp.uint32(0)),
+        jnp.where(active, new_hi, tops[nxt]),
+        cuts,
+      )
+
+    init = (jnp.int32(0), jnp.uint32(0), tops[0], jnp.zeros([num], jnp.int32))
+    _, _, _, cuts = lax.while_loop(lambda state: state[0] < num, body, init)
+    return [jnp.where(p, cuts[i], f) for i, (p, f) in enumerate(zip(partial, full))]
 
   return lax.cond(jnp.any(jnp.stack(partial)), search, lambda: full)
 
@@ -568,12 +610,9 @@ def prune_masks(
   ks = [jnp.clip(jnp.asarray(k, jnp.int32), 0, lay.size) for k, lay in zip(ks, layouts)]
   keys = [_own_keys(s) for s in scores]
 
-  def below_k(ts, live):
-    out = []
-    for key, lay, t, k in zip(keys, layouts, ts, ks):
-      counts = count_true([key.le(tj, live) for tj in t], lay.axis)
-      out.append([c < k for c in counts])
-    return out
+  def below_k(i, t, live):
+    counts = count_true([keys[i].le(tj, live) for tj in t], layouts[i].axis)
+    return [c < ks[i] for c in counts]
 
   found = _search(below_k, [_key_bounds(key.key_dtype) for key in keys], ways)
   thresholds = [t.astype(key.key_dtype) for t, key in zip(found, keys)]
@@ -665,12 +704,9 @@ def global_prune_masks(
   total = as_count(sum(lay.size for lay in layouts))
   k = Count(*lax.cond(_count_less(total, k), lambda: tuple(total), lambda: tuple(k)))
 
-  def below_k(ts, live):
-    [t] = ts
-    per_leaf = []
-    for key, lay in zip(keys, layouts):
-      per_leaf.append(count_true([key.le(tj, live) for tj in t], lay.axis))
-    return [[_count_less(_count_sum(col), k) for col in zip(*per_leaf)]]
+  def below_k(_, t, live):
+    per_leaf = [count_true([key.le(tj, live) for tj in t], lay.axis) for key, lay in zip(keys, layouts)]
+    return [_count_less(_count_sum(col), k) for col in zip(*per_leaf)]
 
   [found] = _search(below_k, [_key_bounds(key_dtype)], ways)
   threshold = found.astype(key_dtype)

@@ -53,18 +53,9 @@ def resolve_sharded_dims(params: optax.Params, flags: Sequence[bool], sharded_di
   elif callable(sharded_dims):
     dims = [sharded_dims(path, leaf) for path, leaf in with_path]
   else:
-    try:
-      # Boxed so that a None entry stays a leaf when broadcast over its subtree.
-      box = lambda d, sub: jax.tree.map(lambda _: [d], sub)
-      tree = jax.tree.map(box, sharded_dims, params, is_leaf=lambda x: x is None)
-      dims = [b[0] for b in jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, list))]
-    except (ValueError, TypeError) as e:
-      raise ValueError(
-        "`sharded_dims` must be an int, None, a callable (path, leaf) -> int | None, or a pytree of "
-        f"them with the params' structure (or a prefix of it): {e}"
-      ) from None
-    if len(dims) != len(with_path):
-      raise ValueError(f"`sharded_dims` gives {len(dims)} entries for {len(with_path)} params leaves.")
+    dims = _leaves.broadcast_prefix(
+      sharded_dims, params, "sharded_dims", "an int, None or a callable (path, leaf) -> int | None"
+    )
   out = []
   for flag, d, (path, leaf) in zip(flags, dims, with_path):
     if not flag or d is None:
