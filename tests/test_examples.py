@@ -58,3 +58,37 @@ def _flatten(x) -> list[float]:
   if isinstance(x, list):
     return [v for item in x for v in _flatten(item)]
   return [float(x)]
+
+
+def _run_plain(*args: str, env: dict | None = None) -> str:
+  result = subprocess.run(
+    [sys.executable, *args], capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})}
+  )
+  assert result.returncode == 0, result.stderr[-4000:]
+  return result.stdout
+
+
+def test_quickstart_prunes_every_kernel_to_the_target():
+  out = _run_plain(os.path.join(EXAMPLES, "quickstart.py"))
+  kernels = re.findall(r"dense\d/kernel\s+(\d\.\d+)", out)
+  biases = re.findall(r"dense\d/bias\s+(\d\.\d+)", out)
+  assert len(kernels) == 3 and all(abs(float(k) - 0.9) < 1e-3 for k in kernels)
+  assert len(biases) == 3 and all(float(b) < 0.5 for b in biases)
+  assert all(math.isfinite(v) for v in _numbers(out))
+
+
+def test_distributed_train_quick_runs_on_eight_host_devices():
+  out = _run_plain(os.path.join(EXAMPLES, "distributed_train.py"), "--host-devices", "8", "--quick")
+  assert "8 devices" in out and "done in" in out
+  steps = re.findall(r"loss (\S+)\s+accuracy (\S+)\s+sparsity w1 (\S+), w2 (\S+)", out)
+  assert steps and all(math.isfinite(float(v)) for row in steps for v in row)
+  assert "weight and mask sharded as" in out
+
+
+def test_moment_reset_quick_prints_a_finite_comparison():
+  out = _run_plain(os.path.join(EXAMPLES, "moment_reset.py"), "--quick")
+  rows = [line for line in out.splitlines() if line.startswith("| kept") or line.startswith("| zeroed")]
+  assert len(rows) == 2
+  values = _numbers("\n".join(rows))
+  assert values and all(math.isfinite(v) for v in values)
+  assert "paired test-accuracy difference" in out

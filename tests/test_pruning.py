@@ -423,3 +423,26 @@ def test_updates_with_wrong_structure_raise_value_error():
   state = tx.init(params)
   with pytest.raises(ValueError, match="structure"):
     tx.update({"v": jnp.ones((2, 2))}, state, params)
+
+
+def test_vmapped_update_warns_once_and_only_for_the_misplaced_element():
+  # Three independent runs batched with vmap; run 1 has its params edited outside
+  # the optimizer before the second refresh. One host warning for the batch, and
+  # only that run's counter moves.
+  rng = np.random.default_rng(5)
+  params = {"w": jnp.asarray(rng.standard_normal((3, 6, 6)), jnp.float32)}
+  tx = optax.chain(optax.sgd(0.1), cyclax.magnitude_prune(0.5, update_every=2))
+  state = jax.vmap(tx.init)(params)
+  update = jax.jit(jax.vmap(tx.update))
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    for t in range(5):
+      if t == 2:
+        params = {"w": params["w"].at[1].add(1.0)}
+      grads = {"w": jnp.asarray(rng.standard_normal((3, 6, 6)), jnp.float32)}
+      updates, state = update(grads, state, params)
+      params = optax.apply_updates(params, updates)
+    jax.effects_barrier()
+  found = [w for w in caught if issubclass(w.category, cyclax.PruningOrderWarning)]
+  assert len(found) == 1
+  np.testing.assert_array_equal(np.asarray(cyclax.find_prune_state(state).misplaced_steps), [0, 1, 0])
