@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from cyclax import _validation
 from cyclax._inspect import get_masks
 
 
@@ -120,11 +121,7 @@ def reset_regrown_moments(
   def update_fn(
     updates: optax.Updates, state: ResetRegrownMomentsState, params: Optional[optax.Params] = None
   ) -> tuple[optax.Updates, ResetRegrownMomentsState]:
-    if params is None:
-      raise ValueError(
-        "cyclax.reset_regrown_moments needs the current params: call "
-        "`tx.update(updates, state, params)` (params=None was given)."
-      )
+    _validation.require_params(params, "reset_regrown_moments")
     updates, inner_state = inner.update(updates, state.inner_state, params)
     updates, prune_state = prune.update(updates, state.prune_state, params)
     if enabled:

@@ -266,11 +266,7 @@ def magnitude_prune(
   def update_fn(
     updates: optax.Updates, state: MagnitudePruneState, params: Optional[optax.Params] = None
   ) -> tuple[optax.Updates, MagnitudePruneState]:
-    if params is None:
-      raise ValueError(
-        "cyclax.magnitude_prune needs the current params: call "
-        "`tx.update(updates, state, params)` (params=None was given)."
-      )
+    _validation.require_params(params, "magnitude_prune")
     treedef = jax.tree.structure(params)
     try:
       treedef.flatten_up_to(updates)

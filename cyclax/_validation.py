@@ -72,3 +72,12 @@ def check_fraction(name: str, value: Any, *, low_open: bool = True) -> None:
   ok = (0.0 < v <= 1.0) if low_open else (0.0 <= v <= 1.0)
   if not ok:
     raise ValueError(f"`{name}` must lie in {allowed}, got {v!r}.")
+
+
+def require_params(params: Any, transformation: str) -> None:
+  """Raises the error for an ``update`` called without the params it needs."""
+  if params is None:
+    raise ValueError(
+      f"cyclax.{transformation} needs the current params: call "
+      "`tx.update(updates, state, params)` (params=None was given)."
+    )

@@ -72,6 +72,19 @@ def _assert_exact_sparsity(params, sparsity, names):
     assert int(np.sum(leaf == 0)) == reference.num_to_prune(sparsity, leaf.size), name
 
 
+def _counting_step(tx):
+  """A jitted training step and the list it appends to each time it is traced."""
+  traces = []
+
+  @jax.jit
+  def step(params, state, grads):
+    traces.append(1)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  return step, traces
+
+
 def test_chain_with_adamw_and_clipping():
   tx = optax.chain(
     optax.clip_by_global_norm(1.0), optax.adamw(0.1), cyclax.magnitude_prune(0.6, update_every=2)
@@ -103,13 +116,7 @@ def test_inject_hyperparams_sparsity_and_update_every_change_between_steps():
   params = {"w": jnp.asarray(np.random.default_rng(1).standard_normal((6, 5)), jnp.float32)}
   injected = optax.inject_hyperparams(cyclax.magnitude_prune)(sparsity=0.25, update_every=2)
   tx = optax.chain(optax.sgd(LR), injected)
-  traces = []
-
-  @jax.jit
-  def step(params, state, grads):
-    traces.append(1)
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
+  step, traces = _counting_step(tx)
 
   state = tx.init(params)
   # (sparsity, update_every) set before each step; refresh when count % update_every == 0.
@@ -369,13 +376,7 @@ def test_state_avals_identical_after_init_and_update_and_lax_cond_works(make):
 
 def test_no_recompilation_across_steps():
   tx = optax.chain(optax.adam(0.1), cyclax.cyclical_prune(0.8, num_cycles=2, cycle_steps=3, update_every=2))
-  traces = []
-
-  @jax.jit
-  def step(params, state, grads):
-    traces.append(1)
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
+  step, traces = _counting_step(tx)
 
   params = _params(10)
   state = tx.init(params)
