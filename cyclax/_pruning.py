@@ -319,15 +319,39 @@ def magnitude_prune(
         dims,
       )
       ever = _update_ever_pruned(state.ever_pruned, treedef, pruned, fresh)
-      return [store(m) for m in fresh], stray, ever
+      return fresh, stray, ever
 
-    def keep():
-      return old_stored, jnp.zeros([], jnp.int32), state.ever_pruned
+    if isinstance(update_every, int) and update_every == 1:
+      # Every step refreshes: no conditional, so nothing is held back from fusion.
+      new, stray, ever_pruned = refresh()
+      new_stored = [store(m) for m in new]
+    else:
+      # All refresh work lives in one branch. A conditional's operands must be
+      # buffers, so the incoming update is written to memory on every step,
+      # refresh or not: that write is the steady-state cost (BENCHMARKS.md).
+      # The branch returns its masks packed and the stored masks never pass
+      # through it: the other branch only writes blank bits, cheaper than
+      # copying the stored masks out and back.
+      def packed_refresh():
+        fresh, stray, ever = refresh()
+        return [_packing.pack_mask(m).words for m in fresh], stray, ever
 
-    # All refresh work lives in one branch. XLA:CPU still materialises the
-    # incoming update as that branch's operand on every step (BENCHMARKS.md).
-    new_stored, stray, ever_pruned = lax.cond(count % every == 0, refresh, keep)
-    new = [load(m) for m in new_stored]
+      def keep():
+        blank = [jnp.zeros(_packing.words_shape(p.shape), jnp.uint8) for p in params_in]
+        return blank, jnp.zeros([], jnp.int32), state.ever_pruned
+
+      is_refresh = count % every == 0
+      words, stray, ever_pruned = lax.cond(is_refresh, packed_refresh, keep)
+      fresh = [_packing.PackedMask(w, p.shape) for w, p in zip(words, params_in)]
+      if packed_masks:
+        new_stored = [
+          _packing.PackedMask(jnp.where(is_refresh, f.words, m.words), m.shape)
+          for f, m in zip(fresh, old_stored)
+        ]
+        new = [load(m) for m in new_stored]
+      else:
+        new = [jnp.where(is_refresh, _packing.unpack_mask(f), m) for f, m in zip(fresh, old_stored)]
+        new_stored = new
     misplaced = stray > 0
     _report_misplaced(jnp.logical_and(misplaced, state.misplaced_steps == 0), stray)
 
