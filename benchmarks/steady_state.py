@@ -22,10 +22,12 @@ the update to memory on every step; cyclax pays that same write.
 from __future__ import annotations
 
 import argparse
+import resource
 
 import _common
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
 
@@ -106,9 +108,16 @@ def main():
     params = _common.make_tree(args.tree, seed=0)
     runs[name] = [params, tx.init(params), make_step(tx, args.with_grads)]
 
+  faults = {name: [] for name in txs}
+
   def call(name):
+    # Minor page faults of the process over one finished step: memory the step
+    # touches for the first time (freshly mapped by the allocator).
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     run = runs[name]
     run[0], run[1] = run[2](run[0], run[1], grads)
+    jax.block_until_ready(run[0])
+    faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     return run[0]
 
   # The first step of the pruned chain is its refresh (count 0): the warm-up takes it.
@@ -127,8 +136,10 @@ def main():
     opt = name.split(" + ")[0]
     floor = times.get(f"{opt} + update read by a cond")
     vs_floor = _common.fmt_ratio(t, floor) if name == f"{opt} + magnitude_prune" else ""
-    rows.append([name, _common.fmt_time(t), _common.fmt_ratio(t, times[opt]), vs_floor])
-  _common.print_table(["step", "time", "time / same optimizer alone", "time / cond floor"], rows)
+    mib = np.median(faults[name][-args.repeats :]) * resource.getpagesize() / 2**20
+    rows.append([name, _common.fmt_time(t), _common.fmt_ratio(t, times[opt]), vs_floor, f"{mib:.0f} MiB"])
+  header = ["step", "time", "time / same optimizer alone", "time / cond floor", "page faults per step"]
+  _common.print_table(header, rows)
 
 
 if __name__ == "__main__":

@@ -329,28 +329,32 @@ def magnitude_prune(
       # All refresh work lives in one branch. A conditional's operands must be
       # buffers, so the incoming update is written to memory on every step,
       # refresh or not: that write is the steady-state cost (BENCHMARKS.md).
-      # The branch returns its masks packed and the stored masks never pass
-      # through it: the other branch only writes blank bits, cheaper than
-      # copying the stored masks out and back.
-      def packed_refresh():
-        fresh, stray, ever = refresh()
-        return [_packing.pack_mask(m).words for m in fresh], stray, ever
-
-      def keep():
-        blank = [jnp.zeros(_packing.words_shape(p.shape), jnp.uint8) for p in params_in]
-        return blank, jnp.zeros([], jnp.int32), state.ever_pruned
-
+      # Bool masks do not pass through the conditional: the other branch only
+      # writes blank masks (cheaper than copying the stored ones out and back)
+      # and a select outside picks the stored masks on steps that keep them.
       is_refresh = count % every == 0
-      words, stray, ever_pruned = lax.cond(is_refresh, packed_refresh, keep)
-      fresh = [_packing.PackedMask(w, p.shape) for w, p in zip(words, params_in)]
       if packed_masks:
-        new_stored = [
-          _packing.PackedMask(jnp.where(is_refresh, f.words, m.words), m.shape)
-          for f, m in zip(fresh, old_stored)
-        ]
+
+        def stored_refresh():
+          fresh, stray, ever = refresh()
+          return [store(m) for m in fresh], stray, ever
+
+        def keep():
+          return old_stored, jnp.zeros([], jnp.int32), state.ever_pruned
+
+        new_stored, stray, ever_pruned = lax.cond(is_refresh, stored_refresh, keep)
         new = [load(m) for m in new_stored]
       else:
-        new = [jnp.where(is_refresh, _packing.unpack_mask(f), m) for f, m in zip(fresh, old_stored)]
+
+        def blank():
+          return (
+            [jnp.zeros_like(p, jnp.bool_) for p in params_in],
+            jnp.zeros([], jnp.int32),
+            state.ever_pruned,
+          )
+
+        fresh, stray, ever_pruned = lax.cond(is_refresh, refresh, blank)
+        new = [jnp.where(is_refresh, f, m) for f, m in zip(fresh, old_stored)]
         new_stored = new
     misplaced = stray > 0
     _report_misplaced(jnp.logical_and(misplaced, state.misplaced_steps == 0), stray)

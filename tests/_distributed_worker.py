@@ -227,7 +227,47 @@ def run_jit(out_dir: str, explicit: bool) -> None:
     masks = cyclax.get_masks(state)
     facts["final_masks_like_params"] = _equivalent(masks, params)
     facts["params_keep_sharding"] = _equivalent(params, shardings)
+  facts.update(_run_jit_refresh_every_2(mesh, shardings, explicit))
   _save(out_dir, {**_flat("params", params), **_flat("masks", masks)}, facts)
+
+
+def _run_jit_refresh_every_2(mesh, shardings, explicit: bool) -> dict:
+  """``update_every=2``: every other step goes through the refresh conditional's other branch.
+
+  The sharded run is compared with the same run on one device, unsharded.
+  """
+  tx = optax.chain(optax.sgd(LEARNING_RATE), cyclax.cyclical_prune(TARGET, update_every=2, **SCHEDULE))
+
+  def step(params, state, targets):
+    updates, state = tx.update(quadratic_grads(params, targets), state, params)
+    return optax.apply_updates(params, updates), state
+
+  def run(params, state, targets):
+    jitted = jax.jit(step)
+    history = []
+    for _ in range(NUM_STEPS):
+      params, state = jitted(params, state, targets)
+      history.append((params, cyclax.get_masks(state)))
+    return history, state, jitted.lower(params, state, targets).compile().as_text()
+
+  host_params, host_targets = quadratic_problem()
+  single, _, _ = run(host_params, tx.init(host_params), host_targets)
+  with jax.set_mesh(mesh):
+    params = jax.device_put(host_params, shardings)
+    state = jax.jit(tx.init)(params) if explicit else tx.init(params)
+    types = jax.tree.map(jax.typeof, state)
+    sharded, state, text = run(params, state, jax.device_put(host_targets, shardings))
+    same_types = jax.tree.map(jax.typeof, state) == types
+  same = all(
+    np.array_equal(np.asarray(a), np.asarray(b))
+    for step_a, step_b in zip(single, sharded)
+    for a, b in zip(jax.tree.leaves(step_a), jax.tree.leaves(step_b))
+  )
+  return {
+    "every2_same_as_one_device": same,
+    "every2_same_types_after_update": same_types,
+    "every2_collectives": _hlo_collectives(text),
+  }
 
 
 def run_shard_map(out_dir: str) -> None:

@@ -172,16 +172,23 @@ def _check_sharded_jit(arrays: dict[str, np.ndarray], facts: dict, explicit: boo
     assert "bool[16,32@x]" in facts["types"] and "bool[32@x,8]" in facts["types"]
   # No weight (or any float array) is gathered or moved between devices; the
   # only cross-device traffic is counts of at most one int32 per device.
-  collectives = facts["collectives"]
+  _assert_only_small_counts_exchanged(facts["collectives"])
+  _assert_matches_quadratic_reference(arrays)
+  # update_every=2: the steps between refreshes (and the refreshes) match one device bit for bit.
+  assert facts["every2_same_as_one_device"]
+  assert facts["every2_same_types_after_update"]
+  _assert_only_small_counts_exchanged(facts["every2_collectives"])
+
+
+def _assert_only_small_counts_exchanged(collectives: dict[str, list[str]]) -> None:
   assert collectives["all-to-all"] == [] and collectives["collective-permute"] == []
   for line in collectives["all-gather"] + collectives["all-reduce"] + collectives["reduce-scatter"]:
     result_type = line.split("=", 1)[1].split(" all-", 1)[0].split(" reduce-", 1)[0]
-    assert "f32" not in result_type and "pred" not in result_type, line
+    assert "s32" in result_type or "u32" in result_type, line
     for shape in result_type.replace("(", "").replace(")", "").split(", "):
       dims = shape.strip().split("[", 1)[1].split("]", 1)[0]
       size = int(np.prod([int(d) for d in dims.split(",") if d])) if dims else 1
       assert size <= 8, line
-  _assert_matches_quadratic_reference(arrays)
 
 
 def test_sharded_jit_auto_mode_matches_unsharded_bit_for_bit(tmp_path):
