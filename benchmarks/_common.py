@@ -62,15 +62,22 @@ def count_params(leaves: Sequence[jax.Array]) -> int:
 
 
 def time_interleaved(
-  fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1
+  fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1, settle: int = 0
 ) -> dict[str, np.ndarray]:
-  """Seconds per call of every function, interleaved repeat by repeat."""
+  """Seconds per call of every function, interleaved repeat by repeat.
+
+  With ``settle`` > 0 each timed call follows that many untimed calls of the same
+  function, so it is not timed right after a different function (whose large
+  temporaries the allocator may just have handed back to the OS).
+  """
   for _ in range(warmup):
     for f in fns.values():
       jax.block_until_ready(f())
   times = {name: [] for name in fns}
   for _ in range(repeats):
     for name, f in fns.items():
+      for _ in range(settle):
+        jax.block_until_ready(f())
       start = time.perf_counter()
       jax.block_until_ready(f())
       times[name].append(time.perf_counter() - start)

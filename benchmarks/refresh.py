@@ -98,6 +98,12 @@ def main():
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--baseline-fraction", type=float, default=1.0)
   parser.add_argument("--skip", default="", help="comma-separated parts of row names to leave out")
+  parser.add_argument(
+    "--settle",
+    type=int,
+    default=1,
+    help="untimed calls of the same function right before each timed one (0: plain interleaving)",
+  )
   args = parser.parse_args()
   skip = set(filter(None, args.skip.split(",")))
 
@@ -119,6 +125,11 @@ def main():
   jit = jax.jit
   fns = {
     "cyclax radix4 (default)": (jit(lambda ls: _select.prune_masks(ls, ks, method="radix4")), leaves, 1),
+    "cyclax radix4, ties by index search": (
+      jit(lambda ls: _select.prune_masks(ls, ks, few_ties=0)),
+      leaves,
+      1,
+    ),
     "cyclax radix8": (jit(lambda ls: _select.prune_masks(ls, ks, method="radix8")), leaves, 1),
     "cyclax bisect (fused count)": (jit(lambda ls: _select.prune_masks(ls, ks, method="bisect")), leaves, 1),
     "bisect, original kernel": (jit(lambda ls: _original_bisect.prune_masks(ls, ks)), leaves, 1),
@@ -150,7 +161,7 @@ def main():
   }
   all_fns = {name: spec for name, spec in (fns | gfns).items() if not any(t.strip() in name for t in skip)}
   calls = {name: (lambda f=f, ls=ls: f(ls)) for name, (f, ls, _) in all_fns.items()}
-  times = _common.time_interleaved(calls, args.repeats)
+  times = _common.time_interleaved(calls, args.repeats, settle=args.settle)
   times = {name: t * all_fns[name][2] for name, t in times.items()}
 
   print(f"tree {args.tree}: {len(leaves)} pruned leaves, {n_total / 1e6:.1f}M params, sparsity {SPARSITY}")
@@ -167,7 +178,10 @@ def main():
     names = [n for n in names if n in times]
     if ref not in times:
       continue
-    print(f"\n{title} (median [min-max] of {args.repeats} repeats; ratios per repeat, same run)")
+    print(
+      f"\n{title} (median [min-max] of {args.repeats} repeats, each after {args.settle} untimed call(s) "
+      "of the same function; ratios per repeat, same run)"
+    )
     rows = []
     for name in names:
       star = "*" if all_fns[name][2] != 1 else ""

@@ -28,6 +28,7 @@ compared exactly in a common float domain) with counts that stay exact beyond
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, Optional, Union
 
@@ -485,6 +486,51 @@ def _check_method(method: str) -> int:
   return _WAYS[method]
 
 
+def _check_few_ties(few_ties: int) -> None:
+  is_int = isinstance(few_ties, (int, np.integer)) and not isinstance(few_ties, bool)
+  if not is_int or not 0 <= few_ties <= _FEW_TIES:
+    raise ValueError(f"`few_ties` must be an int from 0 to {_FEW_TIES}, got {few_ties!r}.")
+
+
+# A leaf that needs at most this many of its ties finds them in one pass (the
+# smallest tie indices); more need the search over the row-major index.
+_FEW_TIES = 3
+
+
+def _merge_smallest(a: tuple, b: tuple) -> tuple:
+  """The ``_FEW_TIES`` smallest of two ascending tuples (``j``-th = min over ``i`` of max(a_i, b_{j-i}))."""
+  out = []
+  for j in range(len(a)):
+    best = jnp.minimum(a[j], b[j])
+    for i in range(j):
+      best = jnp.minimum(best, jnp.maximum(a[i], b[j - 1 - i]))
+    out.append(best)
+  return tuple(out)
+
+
+def _smallest_tie_indices(key: _Keys, layout: _Layout, threshold: jax.Array) -> list[jax.Array]:
+  """The ``_FEW_TIES`` smallest row-major indices (in the whole leaf) of entries keyed ``threshold``.
+
+  One pass: a variadic reduce that merges ascending tuples; missing ones are
+  ``size``. Across a mapped axis the tuples are merged by one ``pmin`` per
+  position (indices are distinct, so the next smallest is the least local one
+  above the previous).
+  """
+  size = jnp.int32(layout.size)
+  idx = jnp.where(key.eq(threshold), layout.index(), size)
+  ops = (idx,) + tuple(jnp.full(layout.shape, size) for _ in range(_FEW_TIES - 1))
+  inits = tuple(size for _ in range(_FEW_TIES))
+  local = list(lax.reduce(ops, inits, _merge_smallest, tuple(range(len(layout.shape)))))
+  if layout.axis is None:
+    return local
+  out, prev = [], jnp.int32(-1)
+  for _ in range(_FEW_TIES):
+    above = [jnp.where(v > prev, v, size) for v in local]
+    prev = lax.pmin(functools.reduce(jnp.minimum, above), layout.axis)
+    out.append(prev)
+  return out
+
+
 def _tie_cuts(
   keys: Sequence[_Keys],
   layouts: Sequence[_Layout],
@@ -492,42 +538,58 @@ def _tie_cuts(
   need: Sequence[jax.Array],
   num_at: Sequence[jax.Array],
   ways: int,
+  few_ties: int = _FEW_TIES,
 ) -> list[jax.Array]:
   """Per leaf, the cut ``J``: prune the ties at the threshold whose row-major index is below ``J``.
 
   ``J = 0`` prunes no tie and ``J = size`` all of them; in between (some leaf
-  needs part of its ties) ``J`` is found by a search over the index.
+  needs part of its ties) ``J`` is one past the index of the last tie pruned:
+  read off the smallest tie indices when a leaf needs at most ``few_ties``
+  ties (at most ``_FEW_TIES``), otherwise found by a search over the index.
   """
   sizes = [lay.size for lay in layouts]
   full = [jnp.where(r > 0, jnp.int32(n), jnp.int32(0)) for r, n in zip(need, sizes)]
   partial = [jnp.logical_and(r > 0, r < a) for r, a in zip(need, num_at)]
+  few = jnp.stack([jnp.logical_and(p, r <= few_ties) for p, r in zip(partial, need)])
+  many = jnp.stack([jnp.logical_and(p, r > few_ties) for p, r in zip(partial, need)])
 
   def search():
-    # Leaves are searched one after the other, one pass per round, inside ONE while loop
-    # with ONE switch, so only the leaves that need part of their ties pay passes.
+    # Leaves are visited one after the other inside ONE while loop with ONE switch, so the
+    # compiled refresh does not grow with the number of leaves and only the leaves that need
+    # part of their ties pay passes: one pass (its first tie indices) for a leaf that needs at
+    # most ``few_ties`` of them, one pass per round of a search over the index otherwise.
     num = len(keys)
     tops = jnp.array([max(n - 1, 0) for n in sizes], jnp.uint32)
-    is_partial = jnp.stack(partial)
+    need_at = jnp.stack(need)
+    width = max(ways - 1, _FEW_TIES)  # every branch returns this many int32
+    pad = lambda xs: jnp.stack(list(xs) + [jnp.int32(0)] * (width - len(xs)))
 
-    def branch(i):
+    def search_branch(i):
       def flags(lo, hi, live):
         t = _thresholds(lo, hi, ways)
         before = [layouts[i].before(tj.astype(jnp.int32) + 1) for tj in t]
         counts = count_true([keys[i].eq(thresholds[i], b, live) for b in before], layouts[i].axis)
-        return jnp.stack([c < need[i] for c in counts])
+        return pad([(c < need[i]).astype(jnp.int32) for c in counts])
 
       return flags
 
-    idle = lambda lo, hi, live: jnp.zeros([ways - 1], jnp.bool_)
-    branches = [branch(i) for i in range(num)] + [idle]
+    def few_branch(i):
+      return lambda lo, hi, live: pad(_smallest_tie_indices(keys[i], layouts[i], thresholds[i]))
+
+    idle = lambda lo, hi, live: jnp.zeros([width], jnp.int32)
+    branches = [search_branch(i) for i in range(num)] + [few_branch(i) for i in range(num)] + [idle]
 
     def body(state):
       i, lo, hi, cuts = state
-      active = jnp.logical_and(is_partial[i], lo < hi)
-      below = lax.switch(jnp.where(active, i, num), branches, lo, hi, _loop_live(lo, hi))
-      new_lo, new_hi = _narrow(lo, hi, _thresholds(lo, hi, ways), list(below))
-      # Leaf i is done: record its cut and start the next leaf.
-      cuts = jnp.where(active, cuts, cuts.at[i].set(hi.astype(jnp.int32) + 1))
+      is_few = few[i]
+      active = jnp.logical_and(many[i], lo < hi)
+      pick = jnp.where(is_few, num + i, jnp.where(active, i, 2 * num))
+      out = lax.switch(pick, branches, lo, hi, _loop_live(lo, hi))
+      new_lo, new_hi = _narrow(lo, hi, _thresholds(lo, hi, ways), [out[j] > 0 for j in range(ways - 1)])
+      # A leaf with few ties is done in one visit; a searched leaf when its interval closes.
+      few_cut = out[jnp.clip(need_at[i] - 1, 0, _FEW_TIES - 1)] + 1
+      done_cut = jnp.where(is_few, few_cut, hi.astype(jnp.int32) + 1)
+      cuts = jnp.where(active, cuts, cuts.at[i].set(done_cut))
       nxt = jnp.minimum(i + 1, num - 1)
       return (
         jnp.where(active, i, i + 1),
@@ -563,6 +625,7 @@ def prune_masks(
   axis_name: AxisName = None,
   sharded_dims: Optional[Sequence[Optional[int]]] = None,
   method: str = DEFAULT_METHOD,
+  few_ties: int = _FEW_TIES,
 ) -> list[jax.Array]:
   """Keep-masks pruning exactly ``ks[i]`` smallest-magnitude entries of ``scores[i]``.
 
@@ -582,14 +645,18 @@ def prune_masks(
       replicated over it. Default: every score split along dimension 0.
     method: the search, ``"radix4"`` (default: three thresholds per pass),
       ``"radix8"`` (seven) or ``"bisect"`` (one).
+    few_ties: a leaf that must prune at most this many (0 to 3, the default) of
+      the entries tied at its threshold finds them in one pass; above it, and
+      with 0 always, by a search over the row-major index (kept to compare).
 
   Returns:
     Boolean arrays shaped like ``scores``: True where an entry is kept.
 
   Raises:
     TypeError: if a score is not floating point.
-    ValueError: for an unknown ``method``, a ``ks`` or ``sharded_dims`` of the
-      wrong length, or a sharded dimension the score does not have.
+    ValueError: for an unknown ``method`` or ``few_ties``, a ``ks`` or
+      ``sharded_dims`` of the wrong length, or a sharded dimension the score
+      does not have.
 
   Example:
     >>> import jax.numpy as jnp
@@ -599,6 +666,7 @@ def prune_masks(
     [True, False, True, False]
   """
   ways = _check_method(method)
+  _check_few_ties(few_ties)
   scores, ks = list(scores), list(ks)
   if len(scores) != len(ks):
     raise ValueError(f"`ks` must have one entry per score ({len(scores)}), got {len(ks)}.")
@@ -621,7 +689,7 @@ def prune_masks(
   ]
   need = [k - below for k, (below, _) in zip(ks, counts)]
   num_at = [at for _, at in counts]
-  cuts = _tie_cuts(keys, layouts, thresholds, need, num_at, ways)
+  cuts = _tie_cuts(keys, layouts, thresholds, need, num_at, ways, few_ties)
   return _masks(keys, layouts, thresholds, cuts)
 
 
@@ -653,6 +721,7 @@ def global_prune_masks(
   axis_name: AxisName = None,
   sharded_dims: Optional[Sequence[Optional[int]]] = None,
   method: str = DEFAULT_METHOD,
+  few_ties: int = _FEW_TIES,
 ) -> list[jax.Array]:
   """Keep-masks pruning exactly ``k_total`` smallest-magnitude entries over all leaves together.
 
@@ -675,13 +744,14 @@ def global_prune_masks(
     sharded_dims: with ``axis_name``, per score the dimension split over the
       axis or None (replicated), as in :func:`prune_masks`.
     method: the search, as in :func:`prune_masks`.
+    few_ties: as in :func:`prune_masks`.
 
   Returns:
     Boolean arrays shaped like ``scores``: True where an entry is kept.
 
   Raises:
     TypeError: if a score is not floating point.
-    ValueError: for an unknown ``method``.
+    ValueError: for an unknown ``method`` or ``few_ties``.
 
   Example:
     >>> import jax.numpy as jnp
@@ -692,6 +762,7 @@ def global_prune_masks(
     [[1, 0, 1], [[0, 1], [1, 0]]]
   """
   ways = _check_method(method)
+  _check_few_ties(few_ties)
   scores = list(scores)
   if not scores:
     return []
@@ -714,5 +785,5 @@ def global_prune_masks(
   need = _ties_per_leaf(k, [below for below, _ in counts], [at for _, at in counts])
   thresholds = [threshold] * len(scores)
   num_at = [at for _, at in counts]
-  cuts = _tie_cuts(keys, layouts, thresholds, need, num_at, ways)
+  cuts = _tie_cuts(keys, layouts, thresholds, need, num_at, ways, few_ties)
   return _masks(keys, layouts, thresholds, cuts)

@@ -59,12 +59,23 @@ def test_per_leaf_masks_equal_stable_argsort(method, dtype, jit):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_per_leaf_all_ks_on_a_tied_leaf(method):
+@pytest.mark.parametrize("few_ties", [0, 1, 3])
+def test_per_leaf_all_ks_on_a_tied_leaf(method, few_ties):
   rng = np.random.default_rng(7)
   x = random_leaf(rng, (4, 5), jnp.float32, ties=True)
-  fn = jax.jit(lambda x, k: _select.prune_masks([x], [k], method=method)[0])
+  fn = jax.jit(lambda x, k: _select.prune_masks([x], [k], method=method, few_ties=few_ties)[0])
   for k in range(x.size + 1):
     np.testing.assert_array_equal(np.asarray(fn(x, k)), reference_global([x], k)[0])
+
+
+@pytest.mark.parametrize("few_ties", [0, 2, 3])
+def test_global_all_ks_over_tied_leaves(few_ties):
+  rng = np.random.default_rng(17)
+  leaves = [random_leaf(rng, (3, 4), jnp.float32, ties=True), random_leaf(rng, (5,), jnp.bfloat16, ties=True)]
+  fn = jax.jit(lambda ls, k: _select.global_prune_masks(ls, k, few_ties=few_ties))
+  for k in range(sum(x.size for x in leaves) + 1):
+    for m, r in zip(fn(leaves, jnp.int32(k)), reference_global(leaves, k)):
+      np.testing.assert_array_equal(np.asarray(m), r)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -155,9 +166,32 @@ def test_count_true_sums_over_a_mapped_axis():
   assert np.asarray(counts).tolist() == [expected] * 4
 
 
+@pytest.mark.parametrize("few_ties", [0, 3])
+@pytest.mark.parametrize("num_ties", [2, 3, 4, 6, 9])
+def test_tie_cut_over_a_mapped_axis_equals_the_whole_leaf(num_ties, few_ties):
+  # Blocks of one leaf along a vmapped axis (counts and tie indices combined over it);
+  # the ties sit in several blocks, and every k that splits them is tried, so both the
+  # one-pass cut (at most _FEW_TIES ties pruned) and the index search run.
+  rng = np.random.default_rng(40 + num_ties)
+  whole = rng.uniform(1.0, 2.0, size=(8, 6)).astype(np.float32)
+  spots = rng.choice(whole.size, size=num_ties, replace=False)
+  whole.ravel()[spots] = 1.5 * rng.choice([-1.0, 1.0], size=num_ties)
+  below = int(np.sum(np.abs(whole) < 1.5))
+  per_block = lambda block, k: _select.prune_masks([block], [k], axis_name="i", few_ties=few_ties)[0]
+  fn = jax.jit(jax.vmap(per_block, in_axes=(0, None), axis_name="i"))
+  for k in range(below, below + num_ties + 1):
+    got = np.asarray(fn(jnp.asarray(whole.reshape(4, 2, 6)), jnp.int32(k))).reshape(whole.shape)
+    np.testing.assert_array_equal(got, reference_global([whole], k)[0])
+
+
 def test_unknown_method_and_mismatched_ks_are_rejected():
   with pytest.raises(ValueError, match="method"):
     _select.prune_masks([jnp.ones(3)], [1], method="sort")
+  for bad in [4, -1, 1.5, True]:
+    with pytest.raises(ValueError, match="few_ties.*0 to 3"):
+      _select.prune_masks([jnp.ones(3)], [1], few_ties=bad)
+    with pytest.raises(ValueError, match="few_ties.*0 to 3"):
+      _select.global_prune_masks([jnp.ones(3)], 1, few_ties=bad)
   with pytest.raises(ValueError, match="ks"):
     _select.prune_masks([jnp.ones(3)], [1, 2])
   with pytest.raises(TypeError, match="floating"):
