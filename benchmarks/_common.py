@@ -53,8 +53,13 @@ def make_tree(name: str, seed: int = 0, dtype=jnp.float32) -> dict[str, jax.Arra
   return {n: jax.block_until_ready(make(k, s)) for k, (n, s) in zip(keys, shapes.items())}
 
 
+def is_prunable(shape: Sequence[int]) -> bool:
+  """The benchmarks prune kernels (two or more dims); biases and norm scales stay dense."""
+  return len(shape) >= 2
+
+
 def prunable(tree: dict[str, jax.Array]) -> list[jax.Array]:
-  return [v for v in tree.values() if v.ndim >= 2]
+  return [v for v in tree.values() if is_prunable(v.shape)]
 
 
 def count_params(leaves: Sequence[jax.Array]) -> int:

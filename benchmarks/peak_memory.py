@@ -29,6 +29,8 @@ import _common
 
 def child(tree: str, what: str, compile_first: bool) -> None:
   import jax
+  import jax.numpy as jnp
+  import numpy as np
 
   from cyclax import _select
 
@@ -37,10 +39,7 @@ def child(tree: str, what: str, compile_first: bool) -> None:
       return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
 
   jax.numpy.zeros(1).block_until_ready()  # runtime up
-  import jax.numpy as jnp
-  import numpy as np
-
-  shapes = [s for s in _common.tree_shapes(tree).values() if len(s) >= 2]  # as _common.prunable
+  shapes = [s for s in _common.tree_shapes(tree).values() if _common.is_prunable(s)]
   sizes = [int(np.prod(s)) for s in shapes]
   if what == "global":
     k = _select.num_to_prune_total(0.9, sizes)

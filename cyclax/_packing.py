@@ -47,13 +47,6 @@ def packed_axis(shape: tuple[int, ...]) -> int:
   return max(i for i, n in enumerate(shape) if n == longest)
 
 
-def words_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-  """Shape of the ``uint8`` words that :func:`pack_mask` makes for a mask of ``shape``."""
-  ext = tuple(shape) or (1,)
-  axis = packed_axis(ext)
-  return ext[:axis] + (-(-ext[axis] // _WORD_BITS),) + ext[axis + 1 :]
-
-
 def _bit_weights(ndim: int, axis: int) -> jax.Array:
   """``1, 2, 4, ..., 128`` laid out along ``axis + 1`` of an ``ndim + 1``-d array."""
   shape = [1] * (ndim + 1)

@@ -486,15 +486,15 @@ def _check_method(method: str) -> int:
   return _WAYS[method]
 
 
+# A leaf that needs at most this many of its ties finds them in one pass (the
+# smallest tie indices); more need the search over the row-major index.
+_FEW_TIES = 3
+
+
 def _check_few_ties(few_ties: int) -> None:
   is_int = isinstance(few_ties, (int, np.integer)) and not isinstance(few_ties, bool)
   if not is_int or not 0 <= few_ties <= _FEW_TIES:
     raise ValueError(f"`few_ties` must be an int from 0 to {_FEW_TIES}, got {few_ties!r}.")
-
-
-# A leaf that needs at most this many of its ties finds them in one pass (the
-# smallest tie indices); more need the search over the row-major index.
-_FEW_TIES = 3
 
 
 def _merge_smallest(a: tuple, b: tuple) -> tuple:
@@ -538,7 +538,7 @@ def _tie_cuts(
   need: Sequence[jax.Array],
   num_at: Sequence[jax.Array],
   ways: int,
-  few_ties: int = _FEW_TIES,
+  few_ties: int,
 ) -> list[jax.Array]:
   """Per leaf, the cut ``J``: prune the ties at the threshold whose row-major index is below ``J``.
 
