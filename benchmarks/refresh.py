@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 
 import _common
-import _original_bisect
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cyclax import _select
+from cyclax import _exact, _select
 
 SPARSITY = 0.9
 FLOOR = "floor: jnp.sum(|x| > c)"
@@ -116,45 +115,23 @@ def main():
     subset.append(x)
     n_sub += x.size
   scale = n_total / n_sub
-  ks = [_select.num_to_prune(SPARSITY, x.size) for x in leaves]
-  ks_sub = [int(_select.num_to_prune(SPARSITY, x.size)) for x in subset]
-  k_total = _select.num_to_prune_total(SPARSITY, [x.size for x in leaves])
-  k_sub = int(round(SPARSITY * n_sub))
+  ks = [_exact.num_to_prune(SPARSITY, x.size) for x in leaves]
+  ks_sub = [int(_exact.num_to_prune(SPARSITY, x.size)) for x in subset]
+  k_total = _exact.num_to_prune_total(SPARSITY, [x.size for x in leaves])
+  k_sub = _exact.to_int(_exact.num_to_prune_total(SPARSITY, [n_sub]))
   c = jnp.float32(0.02 * 1.645)
 
   jit = jax.jit
   fns = {
-    "cyclax radix4 (default)": (jit(lambda ls: _select.prune_masks(ls, ks, method="radix4")), leaves, 1),
-    "cyclax radix4, ties by index search": (
-      jit(lambda ls: _select.prune_masks(ls, ks, few_ties=0)),
-      leaves,
-      1,
-    ),
-    "cyclax radix8": (jit(lambda ls: _select.prune_masks(ls, ks, method="radix8")), leaves, 1),
-    "cyclax bisect (fused count)": (jit(lambda ls: _select.prune_masks(ls, ks, method="bisect")), leaves, 1),
-    "bisect, original kernel": (jit(lambda ls: _original_bisect.prune_masks(ls, ks)), leaves, 1),
+    "cyclax": (jit(lambda ls: _select.prune_masks(ls, ks)), leaves, 1),
     "jnp.sort threshold": (jit(lambda ls: sort_threshold(ls, ks_sub)), subset, scale),
     "lax.top_k exact": (jit(lambda ls: top_k_exact(ls, ks_sub)), subset, scale),
     "argsort + index tie-break": (jit(lambda ls: argsort_exact(ls, ks_sub)), subset, scale),
-    "floor: jnp.sum(|x| > c)": (jit(lambda ls: floor_sum(ls, c)), leaves, 1),
-    "floor: fused count": (jit(lambda ls: floor_fused(ls, c)), leaves, 1),
+    FLOOR: (jit(lambda ls: floor_sum(ls, c)), leaves, 1),
+    FUSED: (jit(lambda ls: floor_fused(ls, c)), leaves, 1),
   }
   gfns = {
-    "cyclax global radix4 (default)": (
-      jit(lambda ls: _select.global_prune_masks(ls, k_total, method="radix4")),
-      leaves,
-      1,
-    ),
-    "cyclax global radix8": (
-      jit(lambda ls: _select.global_prune_masks(ls, k_total, method="radix8")),
-      leaves,
-      1,
-    ),
-    "cyclax global bisect": (
-      jit(lambda ls: _select.global_prune_masks(ls, k_total, method="bisect")),
-      leaves,
-      1,
-    ),
+    "cyclax global": (jit(lambda ls: _select.global_prune_masks(ls, k_total)), leaves, 1),
     "global jnp.sort threshold": (jit(lambda ls: global_sort_threshold(ls, k_sub)), subset, scale),
     "global lax.top_k exact": (jit(lambda ls: global_top_k(ls, k_sub)), subset, scale),
     "global argsort + index tie-break": (jit(lambda ls: global_argsort(ls, k_sub)), subset, scale),
@@ -172,8 +149,8 @@ def main():
       f"times scaled x{scale:.1f}"
     )
   for title, names, ref in (
-    ("per leaf", fns, "cyclax radix4 (default)"),
-    ("global", gfns, "cyclax global radix4 (default)"),
+    ("per leaf", fns, "cyclax"),
+    ("global", gfns, "cyclax global"),
   ):
     names = [n for n in names if n in times]
     if ref not in times:

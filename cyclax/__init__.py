@@ -6,7 +6,10 @@ after every step::
   tx = optax.chain(optax.adamw(1e-3), cyclax.cyclical_prune(0.9, num_cycles=3, cycle_steps=1000))
 """
 
+from cyclax._chain import chain as chain
+from cyclax._distance import mask_distance as mask_distance
 from cyclax._distribution import erk_num_to_prune as erk_num_to_prune
+from cyclax._exact import num_to_prune as num_to_prune
 from cyclax._export import sparse_size_report as sparse_size_report
 from cyclax._export import strip_pruning as strip_pruning
 from cyclax._export import to_bcoo as to_bcoo
@@ -24,6 +27,8 @@ from cyclax._patterns import nm_mask as nm_mask
 from cyclax._pruning import CyclicalPruneState as CyclicalPruneState
 from cyclax._pruning import MagnitudePruneState as MagnitudePruneState
 from cyclax._pruning import PruningOrderWarning as PruningOrderWarning
+from cyclax._pruning import PruningTransformation as PruningTransformation
+from cyclax._pruning import PruningValueWarning as PruningValueWarning
 from cyclax._pruning import cyclical_prune as cyclical_prune
 from cyclax._pruning import magnitude_prune as magnitude_prune
 from cyclax._schedules import constant_sparsity_schedule as constant_sparsity_schedule
@@ -31,16 +36,23 @@ from cyclax._schedules import cyclical_sparsity_schedule as cyclical_sparsity_sc
 from cyclax._schedules import gradual_sparsity_schedule as gradual_sparsity_schedule
 from cyclax._schedules import one_shot_sparsity_schedule as one_shot_sparsity_schedule
 from cyclax._schedules import periodic as periodic
-from cyclax._select import num_to_prune as num_to_prune
+from cyclax._shrink import shrink_dense_stack as shrink_dense_stack
+from cyclax._structured import Block as Block
+from cyclax._structured import Channel as Channel
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
+  "Block",
+  "Channel",
   "CyclicalPruneState",
   "MagnitudePruneState",
   "PackedMask",
   "PruningOrderWarning",
+  "PruningTransformation",
+  "PruningValueWarning",
   "ResetRegrownMomentsState",
+  "chain",
   "constant_sparsity_schedule",
   "cyclical_prune",
   "cyclical_sparsity_schedule",
@@ -50,6 +62,7 @@ __all__ = [
   "get_masks",
   "gradual_sparsity_schedule",
   "magnitude_prune",
+  "mask_distance",
   "nm_mask",
   "num_to_prune",
   "one_shot_sparsity_schedule",
@@ -57,6 +70,7 @@ __all__ = [
   "periodic",
   "pruning_metrics",
   "reset_regrown_moments",
+  "shrink_dense_stack",
   "sparse_size_report",
   "sparsity_report",
   "strip_pruning",

@@ -22,16 +22,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
-from typing import Any, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax import lax
 from jax.typing import ArrayLike
 
-from cyclax import _leaves, _select, _validation
+from cyclax import _exact, _leaves, _validation
 
 DISTRIBUTIONS = ("uniform", "global", "erk")
 
@@ -41,101 +40,20 @@ Overrides = Union[
   Mapping[str, optax.ScalarOrSchedule], Callable[[tuple, Any], Optional[optax.ScalarOrSchedule]]
 ]
 
-# ---------------------------------------------------------------------------
-# Exact wide integers on 32-bit JAX: little-endian 12-bit limbs along axis 0.
-# Products of two limbs (< 2**24) summed over all limbs stay far below 2**31.
-# ---------------------------------------------------------------------------
-_LIMB_BITS = 12
-_LIMB_MASK = (1 << _LIMB_BITS) - 1
-_NUM_LIMBS = 6  # 72 bits
+
+class _ErkPlan(NamedTuple):
+  """The static part of the ERK allocation, in the order of the ERK ranking (see :func:`_erk_plan`)."""
+
+  order: np.ndarray  # int32: the position among the leaves of each ranked leaf
+  sizes: np.ndarray  # int32: entries of each ranked leaf
+  dim_sums: _exact.Wide  # the sum of the dimensions of each ranked leaf
+  dense_prefix: _exact.Wide  # per j = 0..num, the entries of the first j ranked leaves
+  rest_sums: np.ndarray  # int32: per j = 0..num, the dimension sums of the ranked leaves from j on
+  dense_above: _exact.Wide  # per j: leaf j is dense too when the kept total exceeds this
+  total: int  # entries of all leaves
 
 
-def _wide_const(values: Any) -> np.ndarray:
-  """Static non-negative Python ints as limbs, shape ``(limbs, *values.shape)``."""
-  v = np.asarray(values, dtype=object)
-  return np.stack(
-    [
-      np.vectorize(lambda x, d=d: (int(x) >> (_LIMB_BITS * d)) & _LIMB_MASK, otypes=[np.int32])(v)
-      for d in range(_NUM_LIMBS)
-    ]
-  )
-
-
-def _wide_from_int32(x: jax.Array) -> jax.Array:
-  """Non-negative int32 values as limbs."""
-  x = jnp.asarray(x, jnp.int32)
-  limbs = [(x >> (_LIMB_BITS * d)) & _LIMB_MASK for d in range(3)]
-  limbs += [jnp.zeros_like(x)] * (_NUM_LIMBS - 3)
-  return jnp.stack(limbs)
-
-
-def _wide_carry(limbs: jax.Array) -> jax.Array:
-  """Propagates carries (and borrows) so every limb lies in [0, 2**12)."""
-  out, carry = [], jnp.zeros_like(limbs[0])
-  for d in range(_NUM_LIMBS):
-    t = limbs[d] + carry
-    out.append(t & _LIMB_MASK)
-    carry = t >> _LIMB_BITS  # arithmetic shift: a borrow is a carry of -1
-  return jnp.stack(out)
-
-
-def _wide_mul(a: jax.Array, b: jax.Array) -> jax.Array:
-  """``a * b`` truncated to the limb count (inputs broadcast)."""
-  a, b = jnp.broadcast_arrays(jnp.asarray(a), jnp.asarray(b))
-  out = [jnp.zeros_like(a[0]) for _ in range(_NUM_LIMBS)]
-  for i in range(_NUM_LIMBS):
-    for j in range(_NUM_LIMBS - i):
-      out[i + j] = out[i + j] + a[i] * b[j]
-  return _wide_carry(jnp.stack(out))
-
-
-def _wide_gt(a: jax.Array, b: jax.Array) -> jax.Array:
-  """``a > b`` for normalised limbs."""
-  a, b = jnp.broadcast_arrays(jnp.asarray(a), jnp.asarray(b))
-  result = jnp.zeros(a.shape[1:], jnp.bool_)
-  for d in range(_NUM_LIMBS):
-    result = jnp.where(a[d] != b[d], a[d] > b[d], result)
-  return result
-
-
-def _wide_to_int32(a: jax.Array) -> jax.Array:
-  """The value of ``a`` as int32 (wraps if it is ``2**31`` or more)."""
-  return a[0] + (a[1] << _LIMB_BITS) + (a[2] << (2 * _LIMB_BITS))
-
-
-def _wide_divmod(a: jax.Array, divisor: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """``(a // divisor, a % divisor)`` for ``1 <= divisor < 2**30``, by binary long division.
-
-  The quotient is returned as int32 and wraps when it is ``2**31`` or more; the
-  remainder is exact.
-  """
-  divisor = jnp.asarray(divisor, jnp.int32)
-  total_bits = _NUM_LIMBS * _LIMB_BITS
-
-  def body(i, carry):
-    q, r = carry
-    pos = total_bits - 1 - i
-    bit = (a[pos // _LIMB_BITS] >> (pos % _LIMB_BITS)) & 1
-    r = 2 * r + bit
-    ge = r >= divisor
-    return 2 * q + ge.astype(jnp.int32), jnp.where(ge, r - divisor, r)
-
-  zero = jnp.zeros(jnp.broadcast_shapes(a.shape[1:], divisor.shape), jnp.int32)
-  return lax.fori_loop(0, total_bits, body, (zero, zero))
-
-
-def _wide_from_count(count: _select.Count) -> jax.Array:
-  """Limbs from a :class:`cyclax._select.Count` (``hi * 2**24 + lo``, both below ``2**24``)."""
-  parts = [count.lo & _LIMB_MASK, count.lo >> _LIMB_BITS, count.hi & _LIMB_MASK, count.hi >> _LIMB_BITS]
-  return jnp.stack([jnp.asarray(x, jnp.int32) for x in parts] + [jnp.zeros([], jnp.int32)] * (_NUM_LIMBS - 4))
-
-
-# ---------------------------------------------------------------------------
-# ERK
-# ---------------------------------------------------------------------------
-
-
-def _erk_plan(shapes: Sequence[tuple[int, ...]]) -> dict[str, Any]:
+def _erk_plan(shapes: Sequence[tuple[int, ...]]) -> _ErkPlan:
   """Static part of the ERK allocation, computed once per tree structure.
 
   Leaves are ranked by ``raw = sum(shape) / size`` (largest first, stable): for
@@ -155,16 +73,15 @@ def _erk_plan(shapes: Sequence[tuple[int, ...]]) -> dict[str, Any]:
   rest = [sum(dim[j:]) for j in range(len(n) + 1)]
   if rest[0] >= 2**30:
     raise ValueError(f"ERK needs the dimensions of the pruned leaves to sum below 2**30, got {rest[0]}.")
-  thresholds = [prefix[j] + (rest[j] * n[j]) // dim[j] for j in range(len(n))]
-  return {
-    "order": np.asarray(order, np.int32),
-    "sizes": np.asarray(n, np.int32),
-    "sums": _wide_const(dim),
-    "prefix": _wide_const(prefix),
-    "rest": np.asarray(rest, np.int32),
-    "thresholds": _wide_const(thresholds),
-    "total": sum(n),
-  }
+  return _ErkPlan(
+    order=np.asarray(order, np.int32),
+    sizes=np.asarray(n, np.int32),
+    dim_sums=_exact.constant(dim),
+    dense_prefix=_exact.constant(prefix),
+    rest_sums=np.asarray(rest, np.int32),
+    dense_above=_exact.constant([prefix[j] + (rest[j] * n[j]) // dim[j] for j in range(len(n))]),
+    total=sum(n),
+  )
 
 
 def erk_num_to_prune(sparsity: ArrayLike, shapes: Sequence[tuple[int, ...]]) -> list[jax.Array]:
@@ -202,30 +119,31 @@ def erk_num_to_prune(sparsity: ArrayLike, shapes: Sequence[tuple[int, ...]]) -> 
     return out
   plan = _erk_plan([shapes[i] for i in nonempty])
   num = len(nonempty)
-  num_pruned = _wide_from_count(_select.num_to_prune_total(sparsity, [plan["total"]]))
-  kept_total = _wide_carry(_wide_const(plan["total"]) - num_pruned)
-  above = _wide_gt(kept_total[:, None], plan["thresholds"])
+  kept_total = _exact.sub(_exact.constant(plan.total), _exact.num_to_prune_total(sparsity, [plan.total]))
+  above = _exact.less(plan.dense_above, _exact.Wide(kept_total.limbs[:, None]))
   num_dense = jnp.sum(jnp.cumprod(above.astype(jnp.int32)), dtype=jnp.int32)
-  budget = _wide_carry(kept_total - jnp.asarray(plan["prefix"])[:, num_dense])
-  rest = jnp.maximum(jnp.asarray(plan["rest"])[num_dense], 1)
-  floors, remainders = _wide_divmod(_wide_mul(budget[:, None], plan["sums"]), rest)
+  budget = _exact.sub(kept_total, _exact.Wide(jnp.asarray(plan.dense_prefix.limbs)[:, num_dense]))
+  rest = jnp.maximum(jnp.asarray(plan.rest_sums)[num_dense], 1)
+  floors, remainders = _exact.divmod_int32(
+    _exact.mul(_exact.Wide(budget.limbs[:, None]), plan.dim_sums), rest
+  )
   nondense = jnp.arange(num) >= num_dense
   floors = jnp.where(nondense, floors, 0)
-  left_over = _wide_to_int32(_wide_carry(budget - jnp.sum(_wide_from_int32(floors), axis=1)))
+  left_over = _exact.to_int32(_exact.sub(budget, _exact.sum_int32(floors)))
   # Largest remainders first; among equal remainders the earlier leaf (flatten order) first.
-  rank_key = jnp.asarray(plan["order"])
+  rank_key = jnp.asarray(plan.order)
   r = jnp.where(nondense, remainders, -1)
   beats = (r[None, :] > r[:, None]) | ((r[None, :] == r[:, None]) & (rank_key[None, :] < rank_key[:, None]))
   rank = jnp.sum(beats & nondense[None, :], axis=1, dtype=jnp.int32)
-  kept = jnp.where(nondense, floors + (rank < left_over).astype(jnp.int32), plan["sizes"])
-  pruned = plan["sizes"] - kept
-  for pos, i in enumerate(plan["order"]):
+  kept = jnp.where(nondense, floors + (rank < left_over).astype(jnp.int32), plan.sizes)
+  pruned = plan.sizes - kept
+  for pos, i in enumerate(plan.order):
     out[nonempty[int(i)]] = pruned[pos]
   return out
 
 
 # ---------------------------------------------------------------------------
-# Overrides and dispatch
+# Checks and overrides
 # ---------------------------------------------------------------------------
 
 
@@ -281,56 +199,3 @@ def resolve_overrides(
       raise ValueError(f"`overrides` key {key!r} {reason}; pruned leaves are: {pruned}.")
     result[names.index(key)] = value
   return result
-
-
-def prune_masks(
-  candidates: Sequence[jax.Array],
-  sparsity: ArrayLike,
-  leaf_sparsities: Sequence[Optional[ArrayLike]],
-  distribution: str = "uniform",
-) -> list[jax.Array]:
-  """Keep-masks for the pruned leaves under a distribution, with per-leaf overrides.
-
-  Args:
-    candidates: the scores of the pruned leaves (``|c|`` is ranked).
-    sparsity: the main sparsity level (may be traced).
-    leaf_sparsities: per candidate, None (follow the distribution) or its own
-      sparsity (may be traced); overridden leaves are pruned on their own at
-      that level and left out of the distribution.
-    distribution: ``"uniform"``, ``"global"`` or ``"erk"``.
-
-  Returns:
-    Bool arrays shaped like ``candidates``, True where kept.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from cyclax import _distribution
-    >>> leaves = [jnp.array([1.0, 2.0, 3.0, 4.0]), jnp.array([0.5, 5.0])]
-    >>> masks = _distribution.prune_masks(leaves, 0.5, [None, None], "global")
-    >>> [m.tolist() for m in masks]
-    [[False, False, True, True], [False, True]]
-  """
-  check_distribution(distribution)
-  candidates = list(candidates)
-  ks: list[Any] = [None] * len(candidates)
-  pool = [i for i, s in enumerate(leaf_sparsities) if s is None]
-  for i, s in enumerate(leaf_sparsities):
-    if s is not None:
-      ks[i] = _select.num_to_prune(s, candidates[i].size)
-  if pool and distribution == "uniform":
-    for i in pool:
-      ks[i] = _select.num_to_prune(sparsity, candidates[i].size)
-  elif pool and distribution == "erk":
-    for i, k in zip(pool, erk_num_to_prune(sparsity, [candidates[i].shape for i in pool])):
-      ks[i] = k
-  elif pool:
-    scores = [candidates[i] for i in pool]
-    total = _select.num_to_prune_total(sparsity, [c.size for c in scores])
-    masks = [None] * len(candidates)
-    for i, m in zip(pool, _select.global_prune_masks(scores, total)):
-      masks[i] = m
-    alone = [i for i in range(len(candidates)) if i not in pool]
-    for i, m in zip(alone, _select.prune_masks([candidates[i] for i in alone], [ks[i] for i in alone])):
-      masks[i] = m
-    return masks
-  return _select.prune_masks(candidates, ks)

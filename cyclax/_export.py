@@ -15,9 +15,7 @@ import numpy as np
 import optax
 from jax.experimental import sparse
 
-from cyclax import _leaves, _packing
-from cyclax._inspect import get_masks
-from cyclax._pruning import MagnitudePruneState
+from cyclax import _inspect, _leaves
 
 # BCOO stores one int32 coordinate per dimension for every kept entry.
 _INDEX_DTYPE = np.int32
@@ -40,27 +38,8 @@ def _resolve_masks(params: optax.Params, masks: Any) -> list[Optional[np.ndarray
       np.asarray(leaf) != 0 if f and not _is_bcoo(leaf) else None
       for f, (_, leaf) in zip(flags, leaves_with_path)
     ]
-  is_state = lambda x: isinstance(x, MagnitudePruneState)  # noqa: E731
-  found = [x for x in jax.tree.leaves(masks, is_leaf=is_state) if is_state(x)]
-  if len(found) > 1:
-    raise ValueError(
-      f"`masks` holds {len(found)} cyclax pruning states; pass one state or its `masks` tree instead."
-    )
-  if found:
-    masks = get_masks(masks)
-  else:
-    masks = jax.tree.map(
-      lambda m: _packing.unpack_mask(m) if _packing.is_packed(m) else m, masks, is_leaf=_packing.is_packed
-    )
-  try:
-    mask_leaves = treedef.flatten_up_to(masks)
-  except (ValueError, TypeError) as e:
-    raise ValueError(
-      "`masks` must be an optimizer state holding a cyclax pruning state, or a masks tree shaped like the "
-      f"params (bool arrays, None for dense leaves): {e}"
-    ) from None
   out = []
-  for m, (path, leaf) in zip(mask_leaves, leaves_with_path):
+  for m, (path, leaf) in zip(_inspect.align_masks(params, masks, is_leaf=_is_bcoo), leaves_with_path):
     if m is None:
       out.append(None)
       continue
@@ -78,7 +57,9 @@ def to_bcoo(params: optax.Params, masks: Any = None) -> Any:
   """Converts every pruned leaf to a ``jax.experimental.sparse.BCOO`` of its kept entries.
 
   Args:
-    params: the trained params.
+    params: the trained params, or a tree that contains them once, such as
+      Flax variables ``{"params": state.params}`` when the optimizer was built
+      over ``state.params`` (leaves outside that subtree are left as they are).
     masks: which entries are kept: an optimizer state holding a cyclax pruning
       state (its masks are used), a masks tree as returned by
       :func:`get_masks` (bool arrays, None for dense leaves), or None to store
@@ -91,7 +72,8 @@ def to_bcoo(params: optax.Params, masks: Any = None) -> Any:
     other leaf is unchanged. ``sparse.sparsify(fn)`` runs a model on it.
 
   Raises:
-    ValueError: if ``masks`` does not match ``params``.
+    ValueError: if ``masks`` matches neither ``params`` nor exactly one subtree
+      of it, or a mask is not a bool array of its leaf's shape.
 
   Example:
     >>> import jax.numpy as jnp, cyclax
@@ -124,7 +106,8 @@ def sparse_size_report(params: optax.Params, masks: Any = None) -> dict[str, dic
   """Stored entries and bytes of the exported model, per leaf and in total.
 
   Args:
-    params: params, or the output of :func:`to_bcoo`.
+    params: params (or a tree containing them, as in :func:`to_bcoo`), or the
+      output of :func:`to_bcoo`.
     masks: as in :func:`to_bcoo`; ignored for leaves that are already BCOO.
 
   Returns:
@@ -177,7 +160,8 @@ def strip_pruning(params: Any, masks: Any = None) -> Any:
   also set to ``+0.0``, which repairs params edited outside the optimizer.
 
   Args:
-    params: a params tree, possibly with BCOO leaves.
+    params: a params tree (or a tree containing it, as in :func:`to_bcoo`),
+      possibly with BCOO leaves.
     masks: optional, as in :func:`to_bcoo`.
 
   Returns:

@@ -7,6 +7,7 @@ normalisation scales) stay dense.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, Optional, Union
 
@@ -32,12 +33,18 @@ def default_filter(path: tuple, leaf: Any) -> bool:
   return jnp.issubdtype(leaf.dtype, jnp.floating) and len(leaf.shape) >= 2
 
 
-def _is_array_like(x: Any) -> bool:
+def is_array_like(x: Any) -> bool:
   return hasattr(x, "shape") and hasattr(x, "dtype")
 
 
 def path_str(path: tuple) -> str:
-  """A readable ``a/b/0``-style name for a key path."""
+  """A readable ``a/b/0``-style name for a key path.
+
+  A final ``.value`` attribute, where Flax NNX variables keep their array, is
+  left out: an NNX kernel is named ``layer/kernel``, as in a dict of arrays.
+  """
+  if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
+    path = path[:-1]
   parts = []
   for entry in path:
     for attr in ("key", "name", "idx"):
@@ -90,13 +97,32 @@ def broadcast_prefix(prefix: Any, params: optax.Params, name: str, allowed: str)
   return values
 
 
+def _filter_arity(filter: Callable[..., Any]) -> int:
+  """2 for a ``(path, leaf) -> bool`` filter, 1 for the ``params -> tree of bools`` form."""
+  try:
+    signature = inspect.signature(filter)
+  except (TypeError, ValueError):
+    return 2  # a builtin or C callable: assume the documented form
+  for arity in (2, 1):
+    try:
+      signature.bind(*([None] * arity))
+      return arity
+    except TypeError:
+      pass
+  raise TypeError(
+    "`filter` must be a callable (path, leaf) -> bool, or params -> a pytree of bools (the optax.masked "
+    f"form), or a pytree of bools; got a callable with signature {signature}."
+  )
+
+
 def select_leaves(params: optax.Params, filter: Optional[Filter]) -> list[bool]:
   """Per leaf of ``params`` (in flatten order), whether it is pruned.
 
   Args:
     params: the params tree (arrays or ``jax.ShapeDtypeStruct`` leaves).
     filter: None for :func:`default_filter`, a callable ``(path, leaf) -> bool``,
-      or a pytree of bools matching ``params`` (or a prefix of it).
+      a callable ``params -> pytree of bools`` (as ``optax.masked`` takes), or
+      a pytree of bools matching ``params`` (or a prefix of it).
 
   Returns:
     A list of Python bools aligned with ``jax.tree.leaves(params)``.
@@ -109,11 +135,13 @@ def select_leaves(params: optax.Params, filter: Optional[Filter]) -> list[bool]:
   leaves_with_path = jax.tree_util.tree_flatten_with_path(params)[0]
   if not leaves_with_path:
     return []
+  if callable(filter) and _filter_arity(filter) == 1:
+    filter = filter(params)  # the optax.masked form: params -> tree of bools
   if filter is None or callable(filter):
     predicate = default_filter if filter is None else filter
     flags = []
     for path, leaf in leaves_with_path:
-      flag = predicate(path, leaf) if _is_array_like(leaf) else False
+      flag = predicate(path, leaf) if is_array_like(leaf) else False
       if not isinstance(flag, (bool, jnp.bool_)) and not (
         hasattr(flag, "shape") and flag.shape == () and flag.dtype == bool
       ):
@@ -128,7 +156,7 @@ def select_leaves(params: optax.Params, filter: Optional[Filter]) -> list[bool]:
         raise ValueError(f"`filter` tree leaves must be bools, got {f!r} for leaf '{path_str(path)}'.")
     flags = [bool(f) for f in flags]
   for flag, (path, leaf) in zip(flags, leaves_with_path):
-    if flag and not (_is_array_like(leaf) and jnp.issubdtype(leaf.dtype, jnp.floating)):
+    if flag and not (is_array_like(leaf) and jnp.issubdtype(leaf.dtype, jnp.floating)):
       dtype = getattr(leaf, "dtype", type(leaf).__name__)
       raise TypeError(
         f"`filter` selects leaf '{path_str(path)}' of dtype {dtype}; only floating-point leaves "

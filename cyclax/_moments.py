@@ -15,10 +15,11 @@ from typing import Any, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import optax
-from jax import lax
+from jax import export, lax
 
 from cyclax import _validation
-from cyclax._inspect import get_masks
+from cyclax._inspect import lookup_prune_state, masks_of
+from cyclax._state import MagnitudePruneState, PruningTransformation
 
 
 class ResetRegrownMomentsState(NamedTuple):
@@ -39,6 +40,11 @@ def _params_shaped(x: Any, treedef: Any, shapes: list[tuple[int, ...]]) -> bool:
     return False
   leaves = jax.tree.leaves(x)
   return all(hasattr(leaf, "shape") and tuple(leaf.shape) == s for leaf, s in zip(leaves, shapes))
+
+
+export.register_namedtuple_serialization(
+  ResetRegrownMomentsState, serialized_name="cyclax.ResetRegrownMomentsState"
+)
 
 
 def zero_moments_at(inner_state: optax.OptState, params: optax.Params, where: Any) -> optax.OptState:
@@ -68,6 +74,33 @@ def zero_moments_at(inner_state: optax.OptState, params: optax.Params, where: An
     return treedef.unflatten(out)
 
   return jax.tree.map(reset, inner_state, is_leaf=is_moment)
+
+
+def _check_arguments(inner: Any, prune: Any) -> None:
+  for name, tx in (("inner", inner), ("prune", prune)):
+    if not isinstance(tx, optax.GradientTransformation) and not (
+      callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))
+    ):
+      raise TypeError(f"`{name}` must be an optax GradientTransformation, got {type(tx).__name__}.")
+  if isinstance(inner, PruningTransformation) and not isinstance(prune, PruningTransformation):
+    raise TypeError(
+      "the arguments look swapped: call reset_regrown_moments(inner, prune) with the optimizer first and "
+      "the cyclax pruning transformation second, e.g. reset_regrown_moments(optax.adam(1e-3), "
+      "cyclax.cyclical_prune(...))."
+    )
+
+
+def _check_states(state: ResetRegrownMomentsState) -> None:
+  """At init: the pruning state must be in ``prune``'s state, and none in ``inner``'s."""
+  is_prune_state = lambda x: isinstance(x, MagnitudePruneState)
+  found = [x for x in jax.tree.leaves(state.prune_state, is_leaf=is_prune_state) if is_prune_state(x)]
+  in_inner = [x for x in jax.tree.leaves(state.inner_state, is_leaf=is_prune_state) if is_prune_state(x)]
+  if len(found) != 1 or in_inner:
+    raise ValueError(
+      "reset_regrown_moments(inner, prune): `prune` must be one cyclax pruning transformation "
+      f"(cyclax.cyclical_prune or cyclax.magnitude_prune, possibly wrapped); found {len(found)} cyclax "
+      f"pruning state(s) in `prune` and {len(in_inner)} in `inner`."
+    )
 
 
 def reset_regrown_moments(
@@ -112,21 +145,32 @@ def reset_regrown_moments(
     >>> updates, state = update(grad_fn(params), state, params)  # step 10: cycle 2, sparsity drops
     >>> regrown = cyclax.get_masks(state)["w"] & ~before
     >>> int(regrown.sum()), bool(jnp.all(state.inner_state[0].mu["w"][regrown] == 0))
-    (21, True)
+    (24, True)
   """
 
+  _check_arguments(inner, prune)
+
   def init_fn(params: optax.Params) -> ResetRegrownMomentsState:
-    return ResetRegrownMomentsState(inner_state=inner.init(params), prune_state=prune.init(params))
+    state = ResetRegrownMomentsState(inner_state=inner.init(params), prune_state=prune.init(params))
+    _check_states(state)
+    return state
 
   def update_fn(
-    updates: optax.Updates, state: ResetRegrownMomentsState, params: Optional[optax.Params] = None
+    updates: optax.Updates,
+    state: ResetRegrownMomentsState,
+    params: Optional[optax.Params] = None,
+    **extra_args: Any,
   ) -> tuple[optax.Updates, ResetRegrownMomentsState]:
     _validation.require_params(params, "reset_regrown_moments")
-    updates, inner_state = inner.update(updates, state.inner_state, params)
-    updates, prune_state = prune.update(updates, state.prune_state, params)
+    updates, inner_state = optax.with_extra_args_support(inner).update(
+      updates, state.inner_state, params, **extra_args
+    )
+    updates, prune_state = optax.with_extra_args_support(prune).update(
+      updates, state.prune_state, params, **extra_args
+    )
     if enabled:
-      old = get_masks(state.prune_state)
-      new = get_masks(prune_state)
+      old = masks_of(lookup_prune_state(state.prune_state))
+      new = masks_of(lookup_prune_state(prune_state))
       treedef = jax.tree.structure(params)
       regrown = [
         None if n is None else jnp.logical_and(n, jnp.logical_not(o))
@@ -144,4 +188,4 @@ def reset_regrown_moments(
         )
     return updates, ResetRegrownMomentsState(inner_state=inner_state, prune_state=prune_state)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

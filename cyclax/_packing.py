@@ -13,11 +13,12 @@ them gives a mask sharded the same way. The state then needs
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
+from jax import export, lax
 
 _WORD_BITS = 8
 
@@ -36,7 +37,16 @@ class PackedMask:
   shape: tuple[int, ...]
 
 
-jax.tree_util.register_dataclass(PackedMask, data_fields=["words"], meta_fields=["shape"])
+jax.tree_util.register_pytree_node(
+  PackedMask, lambda m: ((m.words,), m.shape), lambda shape, children: PackedMask(children[0], shape)
+)
+# So that a step whose state holds packed masks can be serialised with jax.export.
+export.register_pytree_node_serialization(
+  PackedMask,
+  serialized_name="cyclax.PackedMask",
+  serialize_auxdata=lambda shape: json.dumps(list(shape)).encode(),
+  deserialize_auxdata=lambda data: tuple(json.loads(data)),
+)
 
 
 def packed_axis(shape: tuple[int, ...]) -> int:

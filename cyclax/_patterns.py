@@ -24,7 +24,7 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
-from cyclax import _select, _validation
+from cyclax import _exact, _keys, _validation
 
 
 def check_pattern(pattern: Sequence[int]) -> tuple[int, int]:
@@ -45,12 +45,6 @@ def check_pattern(pattern: Sequence[int]) -> tuple[int, int]:
   if not 1 <= n <= m:
     raise ValueError(f"`pattern` (n, m) must satisfy 1 <= n <= m (keep n of every m), got ({n}, {m}).")
   return n, m
-
-
-def pattern_sparsity(pattern: Sequence[int]) -> float:
-  """The sparsity ``1 - n / m`` of an ``(n, m)`` pattern."""
-  n, m = check_pattern(pattern)
-  return 1.0 - n / m
 
 
 def check_axis_arg(axis: Any) -> int:
@@ -110,7 +104,7 @@ def check_pattern_axis(shape: Sequence[int], pattern: Sequence[int], axis: int, 
 def num_kept_per_group(sparsity: ArrayLike, pattern: Sequence[int]) -> jax.Array:
   """Entries kept in every group of ``m``: ``max(n, m - num_to_prune(sparsity, m))`` (int32)."""
   n, m = check_pattern(pattern)
-  return jnp.maximum(m - _select.num_to_prune(sparsity, m), n)
+  return jnp.maximum(m - _exact.num_to_prune(sparsity, m), n)
 
 
 def nm_mask(x: jax.Array, sparsity: ArrayLike, pattern: Sequence[int], axis: int = -2) -> jax.Array:
@@ -140,7 +134,7 @@ def nm_mask(x: jax.Array, sparsity: ArrayLike, pattern: Sequence[int], axis: int
   keep = num_kept_per_group(sparsity, (n, m))
   shape = x.shape
   grouped = shape[:axis] + (shape[axis] // m, m) + shape[axis + 1 :]
-  keys = _select.score_bits(x).reshape(grouped)
+  keys = _keys.score_bits(x).reshape(grouped)
   inner = axis + 1
   position = lax.broadcasted_iota(jnp.int32, grouped, inner)
   # Rank inside the group: entries that sort before this one (smaller |x|, or equal at a lower index).

@@ -2,102 +2,38 @@
 
 At step ``t``, with ``u`` the update from the rest of the chain and ``p`` the
 current params, the candidate is ``c = p + u`` (the dense point after the
-optimizer's step). Every ``update_every`` steps the masks are recomputed from
-``|c|`` at sparsity ``s(t)``; the returned update is ``where(mask, u, -p)``, so
-that ``p + update`` equals ``c`` where a weight is kept and is exactly ``+0.0``
-where it is pruned. This is projected gradient descent onto an L0 ball whose
-radius follows the sparsity schedule (the paper's Algorithm 1).
+optimizer's step). At refresh steps the masks are recomputed from ``|c|`` at
+sparsity ``s(t)``; the returned update is ``where(mask, u, -p)``, so that
+``p + update`` equals ``c`` where a weight is kept and is exactly ``+0.0`` where
+it is pruned. This is projected gradient descent onto an L0 ball whose radius
+follows the sparsity schedule (the paper's Algorithm 1).
 """
 
 from __future__ import annotations
 
-import warnings
-from typing import Any, NamedTuple, Optional
+import inspect
+from typing import Any, Optional
 
-import jax
-import jax.numpy as jnp
 import optax
-from jax import lax
-from jax.custom_batching import custom_vmap
 from jax.typing import ArrayLike
 
-from cyclax import _distribution, _leaves, _packing, _patterns, _schedules, _sharding, _validation
-
-
-class PruningOrderWarning(UserWarning):
-  """Params arrived non-zero where the previous mask pruned them.
-
-  Raised (once per run) from inside the compiled step when cyclax is not the
-  last transformation of the chain, or when params are changed outside the
-  optimizer between steps.
-  """
-
-
-class MagnitudePruneState(NamedTuple):
-  """State of :func:`magnitude_prune` and :func:`cyclical_prune`.
-
-  Attributes:
-    count: int32 scalar, the number of ``update`` calls so far; the sparsity
-      schedule is evaluated on it and masks are refreshed when
-      ``count % update_every == 0``.
-    masks: a tree shaped like the params: a bool array (True = kept) for every
-      pruned leaf, ``None`` for leaves left dense. With ``packed_masks=True``
-      each pruned leaf holds a :class:`PackedMask` (one bit per weight) instead;
-      :func:`get_masks` always returns bool arrays.
-    misplaced_steps: int32 scalar, how many refresh steps received params that
-      were non-zero where the previous mask pruned them (should stay 0).
-    ever_pruned: with ``track_regrowth=True``, a tree like ``masks`` that is
-      True where a weight has been pruned at some refresh so far; otherwise
-      None (the state holds nothing extra).
-  """
-
-  count: jax.Array
-  masks: Any
-  misplaced_steps: jax.Array
-  ever_pruned: Any = None
-
-
-CyclicalPruneState = MagnitudePruneState
-
-
-def _warn_misplaced(num_entries: Any) -> None:
-  warnings.warn(
-    f"cyclax: {int(num_entries)} params were non-zero where the previous mask pruned them. "
-    "cyclax.magnitude_prune / cyclical_prune must be the LAST transformation of the optax "
-    "chain, e.g. optax.chain(optax.adamw(1e-3), cyclax.cyclical_prune(0.9, ...)), and params "
-    "must not be changed outside the optimizer. This is reported once; the state's "
-    "`misplaced_steps` counts every mask refresh that finds it.",
-    PruningOrderWarning,
-    stacklevel=2,
-  )
-
-
-@custom_vmap
-def _report_misplaced(first: jax.Array, stray: jax.Array) -> jax.Array:
-  """Warns from inside the compiled step when ``first`` is True."""
-  lax.cond(first, lambda: jax.debug.callback(_warn_misplaced, stray), lambda: None)
-  return first
-
-
-@_report_misplaced.def_vmap
-def _report_misplaced_vmap(axis_size: int, in_batched: list[bool], first: jax.Array, stray: jax.Array) -> Any:
-  # Under jax.vmap (e.g. seeds or trials batched) one host callback for the
-  # whole batch, not one per element unrolled into the program.
-  if not any(in_batched):
-    return _report_misplaced(first, stray), False
-  first, stray = (x if b else jnp.broadcast_to(x, (axis_size,)) for x, b in zip((first, stray), in_batched))
-  _report_misplaced(jnp.any(first), jnp.sum(jnp.where(first, stray, 0)))
-  return first, True
-
-
-def _update_ever_pruned(ever_pruned: Any, treedef: Any, pruned: list[int], masks: list[jax.Array]) -> Any:
-  """``ever_pruned | ~mask`` per pruned leaf; None when regrowth is not tracked."""
-  if ever_pruned is None:
-    return None
-  leaves = treedef.flatten_up_to(ever_pruned)
-  for i, m in zip(pruned, masks):
-    leaves[i] = leaves[i] | ~m
-  return treedef.unflatten(leaves)
+from cyclax import (
+  _cadence,
+  _config,
+  _distribution,
+  _layout,
+  _leaves,
+  _patterns,
+  _schedules,
+  _step,
+  _structured,
+  _validation,
+)
+from cyclax._state import CyclicalPruneState as CyclicalPruneState
+from cyclax._state import MagnitudePruneState as MagnitudePruneState
+from cyclax._state import PruningOrderWarning as PruningOrderWarning
+from cyclax._state import PruningTransformation as PruningTransformation
+from cyclax._state import PruningValueWarning as PruningValueWarning
 
 
 def magnitude_prune(
@@ -106,63 +42,88 @@ def magnitude_prune(
   update_every: int = 100,
   filter: Optional[_leaves.Filter] = None,
   allow_full_sparsity: bool = False,
-  pattern: Optional[tuple[int, int]] = None,
+  pattern: Any = None,
   pattern_axis: Optional[int] = None,
   track_regrowth: bool = False,
   distribution: str = "uniform",
   overrides: Optional[_distribution.Overrides] = None,
   packed_masks: bool = False,
-  axis_name: _sharding.AxisName = None,
-  sharded_dims: _sharding.ShardedDims = 0,
-) -> optax.GradientTransformation:
+  axis_name: _layout.AxisName = None,
+  sharded_dims: _layout.ShardedDims = 0,
+) -> PruningTransformation:
   """Keeps the largest-magnitude weights after each step; prunes the rest to 0.
 
   Time-varying projected gradient descent: the update from the rest of the
-  chain is applied, then every pruned leaf is projected onto its largest-|w|
-  entries. Each pruned leaf loses exactly ``k = round(s * leaf.size)`` entries
-  (rounding rule: ``floor(s * size + 1/2)``, see :func:`cyclax.num_to_prune`); ties
-  in ``|w|`` are pruned lowest row-major index first; a NaN counts as larger
-  than every number, so it is kept and the count stays exact.
+  chain is applied, then every pruned leaf is projected onto its largest-magnitude
+  entries. A leaf of ``n`` entries at sparsity ``s`` loses exactly
+  ``k = floor(s' * n + 1/2)`` entries, where ``s'`` is ``s`` clipped to [0, 1]
+  and rounded to a multiple of ``2**-24`` (so 0.9 of 50,000,000 entries prunes
+  44,999,999; see :func:`cyclax.num_to_prune`). Ties in ``|w|`` are pruned
+  lowest row-major index first; a NaN counts as larger than every number, so
+  it is kept and the count stays exact.
+
+  When the masks are refreshed (the default cadence): at every step ``t``
+  with ``t % update_every == 0``, and also where the sparsity schedule drops
+  (a cycle start) or where a change of it ends (the end of a ramp), so that a
+  cyclical run of ``num_cycles * cycle_steps`` steps ends exactly at the target
+  whatever ``update_every`` is. :meth:`PruningTransformation.refresh_due` gives
+  the rule on the host, and ``update(..., refresh_masks=True/False)`` decides
+  statically (see :class:`PruningTransformation`).
 
   It must be the LAST transformation of a chain, like
   ``optax.keep_params_nonnegative``: it rewrites the final update so that
   ``params + update`` is sparse, and any transformation after it would change
-  the update again. Misplacement is detected at run time: at every refresh the
-  incoming params are checked against the previous masks, the state's
-  ``misplaced_steps`` counts the refreshes that find non-zeros where the
-  previous mask pruned, and a :class:`PruningOrderWarning` is issued once. (The
-  check runs at refreshes only, so that the steps in between cost nothing
-  extra.)
+  the update again. At every refresh the incoming params are checked against
+  the previous masks: the state's ``misplaced_steps`` counts the refreshes that
+  find finite non-zeros where the previous mask pruned, and ``nonfinite_steps``
+  those that find NaN or inf there (diverged weights, which no additive update
+  can zero). The compiled step holds no host callback, so it exports with
+  ``jax.export`` and lowers for other platforms; the counters are reported
+  with a :class:`PruningOrderWarning` (or :class:`PruningValueWarning`) by the
+  helpers that read the state on the host (:func:`find_prune_state`,
+  :func:`get_masks`, :func:`pruning_metrics`, :func:`to_bcoo`, ...).
+
+  A sparsity that is NaN at a refresh (a schedule's or an injected value)
+  keeps the previous masks and is counted in ``skipped_refreshes``. Injected
+  values (``optax.inject_hyperparams``) cannot be checked when they are set, so
+  they are clipped into range: a sparsity into [0, 1], ``update_every`` to at
+  least 1. Callable arguments (``filter``, ``overrides``, ``sharded_dims``) must
+  be listed in ``static_args`` there, or optax calls them as schedules.
 
   Args:
     sparsity: fraction of each pruned leaf set to zero: a float in [0, 1) or an
-      optax-style schedule ``step -> sparsity`` (values are clipped to [0, 1]).
-    update_every: masks are recomputed when ``count % update_every == 0``; in
-      between, the stored masks are applied. ``1`` gives plain iterative hard
-      thresholding.
+      optax-style schedule ``step -> sparsity`` (values are clipped to [0, 1];
+      a schedule must return a scalar).
+    update_every: steps between mask refreshes on the cadence (>= 1; any size:
+      a value past the run refreshes only at step 0 and where the schedule
+      drops or settles). ``1`` gives plain iterative hard thresholding.
     filter: which leaves to prune. None prunes floating-point leaves with
-      ``ndim >= 2``; otherwise a callable ``(path, leaf) -> bool`` or a pytree
-      of bools shaped like the params (or a prefix of it), as in
-      ``optax.masked``.
+      ``ndim >= 2``; otherwise a callable ``(path, leaf) -> bool``, a callable
+      ``params -> tree of bools`` (the ``optax.masked`` form), or a pytree of
+      bools shaped like the params (or a prefix of it).
     allow_full_sparsity: allow a constant ``sparsity`` of exactly 1.0 (every
       selected weight pruned).
-    pattern: ``(n, m)`` for N:M structured sparsity, e.g. ``(2, 4)``: every
-      group of ``m`` consecutive weights along ``pattern_axis`` keeps
-      ``max(n, m - num_to_prune(s, m))`` of its largest-|w| entries (see
-      :func:`nm_mask`), so the sparsity is capped at ``1 - n / m`` and a schedule
-      reaching that value ends at exactly N:M. None (default) is unstructured.
-    pattern_axis: the axis (a Python int) along which groups are formed; None
-      means -2, the input dimension of a Flax ``Dense`` kernel ``(in, out)``.
+    pattern: None (default) for unstructured sparsity; ``(n, m)`` for N:M,
+      e.g. ``(2, 4)``: every group of ``m`` consecutive weights along
+      ``pattern_axis`` keeps ``max(n, m - num_to_prune(s, m))`` of its
+      largest-magnitude entries (see :func:`nm_mask`), so the sparsity is capped
+      at ``1 - n / m`` and a schedule reaching that value ends at exactly N:M;
+      :class:`Block` ``(shape)`` or :class:`Channel` ``(axis)`` to prune whole
+      blocks or channels: each leaf loses exactly ``num_to_prune(s, units)``
+      whole units of the smallest mean ``|w|`` (blocks) or L2 norm (channels),
+      with the same tie and NaN rules; ``"global"`` works with Block, not with
+      Channel, and ``"erk"`` with neither.
+    pattern_axis: the axis (a Python int) along which N:M groups are formed;
+      None means -2, the input dimension of a Flax ``Dense`` kernel ``(in, out)``.
       Every pruned leaf's length along it must be a multiple of ``m`` (checked
-      at ``init``). Under ``optax.inject_hyperparams`` list it in
-      ``static_args``.
-    track_regrowth: also keep ``ever_pruned`` in the state (one bool per pruned
-      weight), so that :func:`pruning_metrics` can report the fraction of
-      weights that were pruned earlier and are kept now.
+      at ``init``). Under ``optax.inject_hyperparams`` list it in ``static_args``.
+    track_regrowth: also keep ``ever_pruned`` and ``last_regrown`` in the state
+      (one bool per pruned weight each), so that :func:`pruning_metrics` can
+      report regrowth and the survival of regrown weights.
     distribution: how the sparsity is spread over the pruned leaves:
       ``"uniform"`` (default, the paper's: every leaf at sparsity ``s``),
       ``"global"`` (one magnitude threshold over all pruned leaves, exactly
-      ``round(s * total)`` pruned in all) or ``"erk"`` (Erdos-Renyi-Kernel
+      ``floor(s' * total + 1/2)`` pruned in all) or ``"erk"`` (Erdos-Renyi-Kernel
       densities, see :func:`erk_num_to_prune`). Not combinable with ``pattern``.
     overrides: per-leaf sparsity: a mapping ``{"path/to/leaf": sparsity}``
       (paths as printed by :func:`sparsity_report`) or a callable
@@ -170,6 +131,7 @@ def magnitude_prune(
       sparsity is a float or a schedule ``step -> sparsity``. An overridden
       leaf is pruned on its own at that level and left out of the
       distribution, which spreads ``sparsity`` over the remaining leaves.
+      Overridden leaves refresh on the main cadence.
     packed_masks: store the masks at one bit per weight (:class:`PackedMask`)
       instead of one byte; the params produced are bitwise the same.
     axis_name: for ``update`` inside ``jax.shard_map`` (or ``pmap``) on params
@@ -177,28 +139,32 @@ def magnitude_prune(
       first, as in a ``PartitionSpec`` entry). Counts are summed over it with
       ``lax.psum`` and ties ranked by the index in the whole leaf, so the masks
       equal the unsharded run's. Not needed under ``jax.jit`` with sharded
-      params, nor for replicated params (plain data parallelism).
+      params, nor for replicated params (plain data parallelism). A pruned leaf
+      that varies over a manual mesh axis not named here is an error at trace
+      time (detected when ``shard_map`` checks varying axes, its default).
     sharded_dims: with ``axis_name``, the dimension of each pruned leaf that is
       split over it, or None for a leaf replicated over it: an int or None for
       every leaf (default 0), a pytree of them shaped like the params (or a
       prefix), or a callable ``(path, leaf) -> int | None``.
 
   Returns:
-    An ``optax.GradientTransformation`` whose state is a
+    A :class:`PruningTransformation` whose state is a
     :class:`MagnitudePruneState`. Its ``update`` requires ``params``.
 
   Raises:
     ValueError: for a sparsity outside [0, 1), a non-positive ``update_every``,
-      a constant sparsity above a pattern's ``1 - n / m``, a pruned leaf whose
-      ``pattern_axis`` length is not a multiple of ``m`` (at ``init``), or a
-      filter tree that does not match the params (at ``init``); also for an
-      unknown ``distribution``, ``distribution`` or ``overrides`` together with
-      ``pattern``, an override outside [0, 1), or an ``overrides`` key that
-      names no pruned leaf (at ``init``).
-    TypeError: if the filter selects a non-floating-point leaf (at ``init``),
-      ``pattern`` is not a pair of integers, ``packed_masks`` is not a bool,
-      ``overrides`` is neither a mapping nor a callable, or ``axis_name`` is not
-      a name or tuple of names. ``sharded_dims`` that do not fit the pruned
+      a constant sparsity above a pattern's ``1 - n / m``, an unknown
+      ``distribution``, ``distribution`` or ``overrides`` together with
+      ``pattern``, an override outside [0, 1); at ``init``: a pruned leaf with
+      ``2**31`` or more entries, a leaf whose ``pattern_axis`` length is not a
+      multiple of ``m``, a filter tree that does not match the params, or an
+      ``overrides`` key that names no pruned leaf; at ``update``: updates or a
+      state that do not fit the params or this transformation's settings (the
+      error names the leaf and the setting).
+    TypeError: for a filter that selects a non-floating-point leaf (at
+      ``init``), a ``pattern`` that is not a pair of integers, a non-bool flag,
+      ``overrides`` neither a mapping nor a callable, or ``axis_name`` not a
+      name or tuple of names. ``sharded_dims`` that do not fit the pruned
       leaves, or ``axis_name`` with ``pattern``, raise ValueError.
 
   Example:
@@ -212,262 +178,8 @@ def magnitude_prune(
     >>> (new_params["w"] == 0).tolist()  # 0.5 - 0.1 and 0.1 - 0.1 are the two smallest
     [[True, False], [True, False]]
   """
-  if not callable(sparsity):
-    _validation.check_sparsity("sparsity", sparsity, allow_full=allow_full_sparsity)
-  _validation.check_positive_int("update_every", update_every)
-  if pattern is not None:
-    pattern = _patterns.check_pattern(pattern)
-    pattern_axis = _patterns.check_axis_arg(pattern_axis)
-    if not callable(sparsity):
-      _patterns.check_pattern_sparsity("sparsity", sparsity, pattern)
-  _distribution.check_distribution(distribution)
-  _distribution.check_overrides(overrides, allow_full=allow_full_sparsity)
-  if pattern is not None and (distribution != "uniform" or overrides is not None):
-    raise ValueError("`pattern` works with distribution='uniform' and overrides=None only.")
-  if not isinstance(packed_masks, bool):
-    raise TypeError(f"`packed_masks` must be True or False, got {packed_masks!r}.")
-  _sharding.check_axis_name(axis_name)
-  if axis_name is not None and pattern is not None:
-    raise ValueError("`axis_name` does not work with `pattern` (N:M groups are local to a shard anyway).")
-  store = _packing.pack_mask if packed_masks else (lambda m: m)
-  load = _packing.unpack_mask if packed_masks else (lambda m: m)
-
-  def select_masks(
-    candidates: list[jax.Array], level: jax.Array, leaf_levels: list, dims: Optional[list] = None
-  ) -> list[jax.Array]:
-    if axis_name is not None:
-      return _sharding.prune_masks(candidates, level, leaf_levels, distribution, axis_name, dims)
-    if pattern is None:
-      return _distribution.prune_masks(candidates, level, leaf_levels, distribution)
-    return [_patterns.nm_mask(c, level, pattern, pattern_axis) for c in candidates]
-
-  def init_fn(params: optax.Params) -> MagnitudePruneState:
-    flags = _leaves.select_leaves(params, filter)
-    leaves, treedef = jax.tree.flatten(params)
-    if pattern is not None:
-      for f, (path, p) in zip(flags, jax.tree_util.tree_flatten_with_path(params)[0]):
-        if f:
-          name = f"leaf '{_leaves.path_str(path)}'"
-          _patterns.check_pattern_axis(p.shape, pattern, pattern_axis, name=name)
-    _distribution.resolve_overrides(params, flags, overrides, allow_full=allow_full_sparsity)
-    if axis_name is not None:
-      _sharding.resolve_sharded_dims(params, flags, sharded_dims)
-    masks = [jnp.ones_like(p, dtype=jnp.bool_) if f else None for p, f in zip(leaves, flags)]
-    ever_pruned = None
-    if track_regrowth:
-      ever_pruned = treedef.unflatten([None if m is None else jnp.zeros_like(m) for m in masks])
-    return MagnitudePruneState(
-      count=jnp.zeros([], jnp.int32),
-      masks=treedef.unflatten([None if m is None else store(m) for m in masks]),
-      misplaced_steps=jnp.zeros([], jnp.int32),
-      ever_pruned=ever_pruned,
-    )
-
-  def update_fn(
-    updates: optax.Updates, state: MagnitudePruneState, params: Optional[optax.Params] = None
-  ) -> tuple[optax.Updates, MagnitudePruneState]:
-    _validation.require_params(params, "magnitude_prune")
-    treedef = jax.tree.structure(params)
-    try:
-      treedef.flatten_up_to(updates)
-      m_leaves = treedef.flatten_up_to(state.masks)
-    except (ValueError, TypeError) as e:
-      raise ValueError(
-        f"updates and the pruning state's masks must have the params' tree structure: {e}"
-      ) from None
-    if all(m is None for m in m_leaves):
-      return updates, state._replace(count=optax.safe_increment(state.count))
-    return apply_jit(updates, state, params)
-
-  def apply(
-    updates: optax.Updates, state: MagnitudePruneState, params: optax.Params
-  ) -> tuple[optax.Updates, MagnitudePruneState]:
-    p_leaves, treedef = jax.tree.flatten(params)
-    u_leaves = treedef.flatten_up_to(updates)
-    m_leaves = treedef.flatten_up_to(state.masks)
-    pruned = [i for i, m in enumerate(m_leaves) if m is not None]
-    count = state.count
-    level = sparsity(count) if callable(sparsity) else sparsity
-    level = jnp.clip(jnp.asarray(level, jnp.float32), 0.0, 1.0)
-    every = jnp.maximum(jnp.asarray(update_every, jnp.int32), 1)
-    old_stored = [m_leaves[i] for i in pruned]
-    params_in = [p_leaves[i] for i in pruned]
-    leaf_overrides = _distribution.resolve_overrides(
-      params, [m is not None for m in m_leaves], overrides, allow_full=allow_full_sparsity
-    )
-    leaf_levels = [
-      None if o is None else jnp.clip(jnp.asarray(o(count) if callable(o) else o, jnp.float32), 0.0, 1.0)
-      for o in (leaf_overrides[i] for i in pruned)
-    ]
-    dims = None
-    if axis_name is not None:
-      dims = _sharding.resolve_sharded_dims(params, [m is not None for m in m_leaves], sharded_dims)
-      dims = [dims[i] for i in pruned]
-
-    def refresh():
-      fresh = select_masks(
-        [(p + u_leaves[i]).astype(p.dtype) for p, i in zip(params_in, pruned)], level, leaf_levels, dims
-      )
-      # Placement is checked against the previous masks at refresh steps only,
-      # so that the steps in between cost no extra pass over the params.
-      stray = _sharding.total(
-        [
-          jnp.sum(jnp.logical_and(jnp.logical_not(load(m)), p != 0), dtype=jnp.int32)
-          for m, p in zip(old_stored, params_in)
-        ],
-        axis_name,
-        dims,
-      )
-      ever = _update_ever_pruned(state.ever_pruned, treedef, pruned, fresh)
-      return fresh, stray, ever
-
-    if isinstance(update_every, int) and update_every == 1:
-      # Every step refreshes: no conditional, so nothing is held back from fusion.
-      new, stray, ever_pruned = refresh()
-      new_stored = [store(m) for m in new]
-    else:
-      # All refresh work lives in one branch. A conditional's operands must be
-      # buffers, so the incoming update is written to memory on every step,
-      # refresh or not: that write is the steady-state cost (BENCHMARKS.md).
-      # Bool masks do not pass through the conditional: the other branch only
-      # writes blank masks (cheaper than copying the stored ones out and back)
-      # and a select outside picks the stored masks on steps that keep them.
-      is_refresh = count % every == 0
-      if packed_masks:
-
-        def stored_refresh():
-          fresh, stray, ever = refresh()
-          return [store(m) for m in fresh], stray, ever
-
-        def keep():
-          return old_stored, jnp.zeros([], jnp.int32), state.ever_pruned
-
-        new_stored, stray, ever_pruned = lax.cond(is_refresh, stored_refresh, keep)
-        new = [load(m) for m in new_stored]
-      else:
-
-        def blank():
-          return (
-            [jnp.zeros_like(p, jnp.bool_) for p in params_in],
-            jnp.zeros([], jnp.int32),
-            state.ever_pruned,
-          )
-
-        fresh, stray, ever_pruned = lax.cond(is_refresh, refresh, blank)
-        new = [jnp.where(is_refresh, f, m) for f, m in zip(fresh, old_stored)]
-        new_stored = new
-    misplaced = stray > 0
-    _report_misplaced(jnp.logical_and(misplaced, state.misplaced_steps == 0), stray)
-
-    out_updates = list(u_leaves)
-    out_masks = list(m_leaves)
-    for i, m, stored, p in zip(pruned, new, new_stored, params_in):
-      out_updates[i] = jnp.where(m, u_leaves[i], -p)
-      out_masks[i] = stored
-    new_state = MagnitudePruneState(
-      count=optax.safe_increment(count),
-      masks=treedef.unflatten(out_masks),
-      misplaced_steps=state.misplaced_steps + misplaced.astype(jnp.int32),
-      ever_pruned=ever_pruned,
-    )
-    return treedef.unflatten(out_updates), new_state
-
-  # Inlined under an outer jit; when called eagerly it compiles once per
-  # input structure instead of retracing the loops and conds every call.
-  apply_jit = jax.jit(apply)
-
-  return optax.GradientTransformation(init_fn, update_fn)
-
-
-def cyclical_prune(
-  target_sparsity: ArrayLike,
-  *,
-  num_cycles: int,
-  cycle_steps: int,
-  initial_sparsity: Optional[ArrayLike] = None,
-  ramp_fraction: float = 0.8,
-  update_every: int = 100,
-  filter: Optional[_leaves.Filter] = None,
-  allow_full_sparsity: bool = False,
-  pattern: Optional[tuple[int, int]] = None,
-  pattern_axis: Optional[int] = None,
-  track_regrowth: bool = False,
-  distribution: str = "uniform",
-  overrides: Optional[_distribution.Overrides] = None,
-  packed_masks: bool = False,
-  axis_name: _sharding.AxisName = None,
-  sharded_dims: _sharding.ShardedDims = 0,
-) -> optax.GradientTransformation:
-  """Cyclical pruning (Srinivas et al., 2022): magnitude pruning on a periodic schedule.
-
-  Each of ``num_cycles`` cycles ramps the sparsity from a lower value up to
-  ``target_sparsity`` (cubic ramp over ``ramp_fraction`` of the cycle, then
-  hold); when the next cycle starts the sparsity drops and wrongly pruned
-  weights can grow back. See :func:`cyclical_sparsity_schedule` and
-  :func:`magnitude_prune`. Put it LAST in the chain. Pair it with a learning rate
-  that restarts every cycle: ``cyclax.periodic(schedule, cycle_steps)``.
-
-  Args:
-    target_sparsity: sparsity reached at the end of every cycle, in [0, 1).
-    num_cycles: number of cycles (>= 1); after the last one the target holds.
-    cycle_steps: optimizer steps per cycle (>= 1).
-    initial_sparsity: sparsity at the start of cycles 2, 3, ... (default
-      ``0.5 * target_sparsity``); the first cycle starts dense.
-    ramp_fraction: fraction of each cycle spent ramping, in (0, 1].
-    update_every: steps between mask refreshes (>= 1).
-    filter: which leaves to prune, as in :func:`magnitude_prune`.
-    allow_full_sparsity: allow ``target_sparsity == 1.0``.
-    pattern: ``(n, m)`` for N:M structured sparsity along ``pattern_axis``, as
-      in :func:`magnitude_prune`; pass ``target_sparsity = 1 - n / m`` (0.5 for
-      2:4) to end every cycle at exactly N:M.
-    pattern_axis: the axis along which N:M groups are formed (None: -2), as in :func:`magnitude_prune`.
-    track_regrowth: keep ``ever_pruned`` in the state, as in
-      :func:`magnitude_prune`.
-    distribution: ``"uniform"`` (default), ``"global"`` or ``"erk"``, as in
-      :func:`magnitude_prune`.
-    overrides: per-leaf sparsity by path, as in :func:`magnitude_prune`.
-    packed_masks: store the masks at one bit per weight, as in
-      :func:`magnitude_prune`.
-    axis_name: mapped axis for ``update`` inside ``jax.shard_map`` on split
-      params, as in :func:`magnitude_prune`.
-    sharded_dims: with ``axis_name``, the split dimension of each pruned leaf
-      (None: replicated), as in :func:`magnitude_prune`.
-
-  Returns:
-    An ``optax.GradientTransformation`` whose state is a
-    :class:`MagnitudePruneState`.
-
-  Raises:
-    ValueError: if an argument is out of range (see the schedule and
-      :func:`magnitude_prune`).
-
-  Example:
-    >>> import jax, jax.numpy as jnp, optax, cyclax
-    >>> params = {"w": jax.random.normal(jax.random.key(0), (8, 8))}
-    >>> tx = optax.chain(
-    ...     optax.adam(1e-2),
-    ...     cyclax.cyclical_prune(0.75, num_cycles=2, cycle_steps=10, update_every=1),
-    ... )
-    >>> state = tx.init(params)
-    >>> for _ in range(10):
-    ...   grads = jax.grad(lambda p: jnp.sum(p["w"] ** 2))(params)
-    ...   updates, state = tx.update(grads, state, params)
-    ...   params = optax.apply_updates(params, updates)
-    >>> int(jnp.sum(params["w"] == 0))
-    48
-  """
-  _validation.check_sparsity("target_sparsity", target_sparsity, allow_full=allow_full_sparsity)
-  schedule = _schedules.cyclical_sparsity_schedule(
-    target_sparsity,
-    num_cycles=num_cycles,
-    cycle_steps=cycle_steps,
-    initial_sparsity=initial_sparsity,
-    ramp_fraction=ramp_fraction,
-  )
-  if pattern is not None:
-    _patterns.check_pattern_sparsity("target_sparsity", target_sparsity, _patterns.check_pattern(pattern))
-  return magnitude_prune(
-    schedule,
+  config = _config.make_config(
+    sparsity,
     update_every=update_every,
     filter=filter,
     allow_full_sparsity=allow_full_sparsity,
@@ -480,3 +192,137 @@ def cyclical_prune(
     axis_name=axis_name,
     sharded_dims=sharded_dims,
   )
+  jitted_apply = _step.make_jitted_apply(config)
+
+  def init_fn(params: optax.Params) -> MagnitudePruneState:
+    return _step.init(config, params)
+
+  def update_fn(
+    updates: optax.Updates,
+    state: MagnitudePruneState,
+    params: Optional[optax.Params] = None,
+    *,
+    refresh_masks: Optional[bool] = None,
+    **extra_args: Any,
+  ) -> tuple[optax.Updates, MagnitudePruneState]:
+    del extra_args  # other transformations' extra arguments
+    return _step.update(config, jitted_apply, updates, state, params, refresh_masks)
+
+  tx = PruningTransformation(init_fn, update_fn)
+  tx.__dict__["_host_due"] = _lazy_host_due(config)
+  tx.__dict__["_config"] = config  # read by cyclax.chain
+  return tx
+
+
+def _lazy_host_due(config: _config.PruneConfig) -> Any:
+  """The host cadence function, built on first use (it compiles the schedule)."""
+  built: list[Any] = []
+
+  def due(step: int) -> bool:
+    if not built:
+      built.append(_cadence.host_refresh_due(config.sparsity, config.update_every))
+    return built[0](step)
+
+  return due
+
+
+# The keyword arguments cyclical_prune shares with magnitude_prune, forwarded as they are.
+_SHARED = tuple(inspect.signature(magnitude_prune).parameters)[1:]
+
+
+def cyclical_prune(
+  target_sparsity: ArrayLike,
+  *,
+  num_cycles: int,
+  cycle_steps: int,
+  initial_sparsity: Optional[ArrayLike] = None,
+  ramp_fraction: float = 0.8,
+  ramp: str = "cubic",
+  update_every: int = 100,
+  filter: Optional[_leaves.Filter] = None,
+  allow_full_sparsity: bool = False,
+  pattern: Any = None,
+  pattern_axis: Optional[int] = None,
+  track_regrowth: bool = False,
+  distribution: str = "uniform",
+  overrides: Optional[_distribution.Overrides] = None,
+  packed_masks: bool = False,
+  axis_name: _layout.AxisName = None,
+  sharded_dims: _layout.ShardedDims = 0,
+) -> PruningTransformation:
+  """Cyclical pruning (Srinivas et al., 2022): magnitude pruning on a periodic schedule.
+
+  Each of ``num_cycles`` cycles ramps the sparsity from a lower value up to
+  ``target_sparsity`` (over ``ramp_fraction`` of the cycle, then hold); when the
+  next cycle starts the sparsity drops and wrongly pruned weights can grow
+  back. The masks are refreshed at every cycle start and ramp end besides every
+  ``update_every`` steps, so the run ends exactly at the target. This is
+  :func:`magnitude_prune` with :func:`cyclical_sparsity_schedule`; put it LAST
+  in the chain and pair it with a learning rate that restarts every cycle:
+  ``cyclax.periodic(schedule, cycle_steps)``.
+
+  Args:
+    target_sparsity: sparsity reached at the end of every cycle, in [0, 1).
+    num_cycles: number of cycles (>= 1); after the last one the target holds.
+    cycle_steps: optimizer steps per cycle (>= 1);
+      ``num_cycles * cycle_steps`` must fit the int32 step count.
+    initial_sparsity: sparsity at the start of cycles 2, 3, ... (default
+      ``0.5 * target_sparsity``); the first cycle starts dense.
+    ramp_fraction: fraction of each cycle spent ramping, in (0, 1].
+    ramp: the shape of the ramp: ``"cubic"`` (default, the paper's),
+      ``"linear"`` or ``"step"`` (the sparsity jumps to the target half way
+      through the ramp), see :func:`cyclical_sparsity_schedule`.
+    update_every: steps between mask refreshes (>= 1).
+    filter: which leaves to prune.
+    allow_full_sparsity: allow ``target_sparsity == 1.0``.
+    pattern: structured sparsity: ``(n, m)`` for N:M (pass ``target_sparsity =
+      1 - n / m``, 0.5 for 2:4, to end every cycle at exactly N:M),
+      :class:`Block` or :class:`Channel`.
+    pattern_axis: the axis of the N:M groups.
+    track_regrowth: keep what :func:`pruning_metrics` needs for regrowth and survival.
+    distribution: ``"uniform"``, ``"global"`` or ``"erk"``.
+    overrides: per-leaf sparsity by path.
+    packed_masks: store the masks at one bit per weight.
+    axis_name: mapped axis for ``update`` inside ``jax.shard_map``.
+    sharded_dims: with ``axis_name``, the split dimension of each pruned leaf.
+
+  Every argument from ``update_every`` on means what it means in
+  :func:`magnitude_prune`, where each is documented in full.
+
+  Returns:
+    A :class:`PruningTransformation` whose state is a
+    :class:`MagnitudePruneState`.
+
+  Raises:
+    ValueError: if an argument is out of range (see the schedule and
+      :func:`magnitude_prune`).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, cyclax
+    >>> params = {"w": jax.random.normal(jax.random.key(0), (8, 8))}
+    >>> tx = optax.chain(
+    ...     optax.adam(1e-2),
+    ...     cyclax.cyclical_prune(0.75, num_cycles=2, cycle_steps=10, update_every=5),
+    ... )
+    >>> state = tx.init(params)
+    >>> for _ in range(10):
+    ...   grads = jax.grad(lambda p: jnp.sum(p["w"] ** 2))(params)
+    ...   updates, state = tx.update(grads, state, params)
+    ...   params = optax.apply_updates(params, updates)
+    >>> int(jnp.sum(params["w"] == 0))  # 0.75 of 64 since the ramp ended at step 8
+    48
+  """
+  shared = {name: value for name, value in locals().items() if name in _SHARED}
+  _validation.check_sparsity("target_sparsity", target_sparsity, allow_full=allow_full_sparsity)
+  _validation.check_schedule_length(num_cycles, cycle_steps)
+  schedule = _schedules.cyclical_sparsity_schedule(
+    target_sparsity,
+    num_cycles=num_cycles,
+    cycle_steps=cycle_steps,
+    initial_sparsity=initial_sparsity,
+    ramp_fraction=ramp_fraction,
+    ramp=ramp,
+  )
+  if pattern is not None and not _structured.is_structured(pattern):
+    _patterns.check_pattern_sparsity("target_sparsity", target_sparsity, _patterns.check_pattern(pattern))
+  return magnitude_prune(schedule, **shared)

@@ -4,24 +4,62 @@ Every schedule here is an ``optax.Schedule``: it takes the step count (a Python
 int or a traced integer array) and returns a float32 scalar. They can be passed
 to :func:`cyclax.magnitude_prune` as ``sparsity`` or used anywhere optax takes a
 schedule.
+
+Arguments that arrive as traced arrays (for example through
+``optax.inject_hyperparams``) cannot be checked when the schedule is built, so
+the schedules clip them into range instead: sparsities into [0, 1], counts of
+steps and cycles to at least 1, ``begin_step`` and ``prune_step`` to at least 0,
+``ramp_fraction`` into [0, 1]. A traced ``ramp_fraction`` of 0 (or a traced
+``end_step <= begin_step``) means a ramp of length zero: the target from the
+ramp's first step on. No traced value gives NaN or a ramp that runs backwards.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.typing import ArrayLike
 
 from cyclax import _validation
+
+Ramp = Literal["cubic", "linear", "step"]
+RAMPS = ("cubic", "linear", "step")
+
+
+def _check_ramp(ramp: str) -> None:
+  if not isinstance(ramp, str) or ramp not in RAMPS:
+    allowed = ", ".join(repr(r) for r in RAMPS)
+    raise ValueError(f"`ramp` must be one of {allowed}, got {ramp!r}.")
 
 
 def _cubic_ramp(start: jax.Array, end: jax.Array, progress: jax.Array) -> jax.Array:
   """Zhu & Gupta's cubic: ``end + (start - end) * (1 - progress)**3``."""
   progress = jnp.clip(progress, 0.0, 1.0)
   return end + (start - end) * (1.0 - progress) ** 3
+
+
+def _linear_ramp(start: jax.Array, end: jax.Array, progress: jax.Array) -> jax.Array:
+  """``end + (start - end) * (1 - progress)``: a straight line from ``start`` to ``end``."""
+  progress = jnp.clip(progress, 0.0, 1.0)
+  return end + (start - end) * (1.0 - progress)
+
+
+def _step_ramp(start: jax.Array, end: jax.Array, jumped: jax.Array) -> jax.Array:
+  """``start`` until the jump, ``end`` from it on."""
+  return jnp.where(jumped, end, start)
+
+
+def _is_concrete(*values: ArrayLike) -> bool:
+  return all(_validation.is_concrete(v) for v in values)
+
+
+def _sparsity_value(value: ArrayLike) -> jax.Array:
+  """A sparsity as float32, clipped into [0, 1] (the identity on checked, concrete values)."""
+  return jnp.clip(jnp.asarray(value, jnp.float32), 0.0, 1.0)
 
 
 def constant_sparsity_schedule(sparsity: ArrayLike) -> optax.Schedule:
@@ -46,7 +84,7 @@ def constant_sparsity_schedule(sparsity: ArrayLike) -> optax.Schedule:
 
   def schedule(count: ArrayLike) -> jax.Array:
     del count
-    return jnp.asarray(sparsity, jnp.float32)
+    return _sparsity_value(sparsity)
 
   return schedule
 
@@ -74,11 +112,14 @@ def one_shot_sparsity_schedule(target_sparsity: ArrayLike, prune_step: int = 0) 
     (0.0, 0.9)
   """
   _validation.check_sparsity("target_sparsity", target_sparsity, allow_full=True)
-  if int(prune_step) < 0:
-    raise ValueError(f"`prune_step` must be >= 0, got {prune_step}.")
+  if _is_concrete(prune_step):
+    if int(prune_step) < 0:
+      raise ValueError(f"`prune_step` must be >= 0, got {prune_step}.")
+  else:
+    prune_step = jnp.maximum(jnp.asarray(prune_step, jnp.int32), 0)
 
   def schedule(count: ArrayLike) -> jax.Array:
-    target = jnp.asarray(target_sparsity, jnp.float32)
+    target = _sparsity_value(target_sparsity)
     return jnp.where(jnp.asarray(count) >= prune_step, target, jnp.zeros_like(target))
 
   return schedule
@@ -89,45 +130,73 @@ def gradual_sparsity_schedule(
   begin_step: int,
   end_step: int,
   initial_sparsity: ArrayLike = 0.0,
+  *,
+  ramp: Ramp = "cubic",
 ) -> optax.Schedule:
-  r"""Gradual magnitude pruning's cubic ramp (Zhu & Gupta, 2017).
+  r"""Gradual magnitude pruning's ramp (Zhu & Gupta, 2017), cubic by default.
+
+  With ``p = (t - t_0) / (t_1 - t_0)`` clipped to [0, 1], the sparsity is
 
   .. math::
-    s(t) = s_f + (s_i - s_f) \left(1 - \frac{t - t_0}{t_1 - t_0}\right)^3
+    s(t) = s_f + (s_i - s_f) (1 - p)^3
 
-  for ``begin_step <= t <= end_step``, ``s_i`` before and ``s_f`` after.
+  for the default ``ramp="cubic"``: ``s_i`` up to ``begin_step``, ``s_f`` from
+  ``end_step`` on. ``ramp="linear"`` uses ``1 - p`` instead of ``(1 - p)^3``;
+  ``ramp="step"`` holds ``s_i`` and jumps to ``s_f`` at half of the ramp, at
+  the first step ``t`` with ``2 (t - t_0) >= t_1 - t_0``.
 
   Args:
     target_sparsity: final sparsity ``s_f`` in [0, 1].
     begin_step: first step of the ramp ``t_0`` (>= 0).
     end_step: step ``t_1 > t_0`` at which ``s_f`` is reached.
     initial_sparsity: sparsity ``s_i`` at and before ``begin_step``.
+    ramp: the shape of the ramp, ``"cubic"`` (default), ``"linear"`` or
+      ``"step"``.
 
   Returns:
     A schedule ``step -> sparsity``.
 
   Raises:
-    ValueError: if an argument is out of range.
+    ValueError: if an argument is out of range or ``ramp`` is unknown.
 
   Example:
     >>> import cyclax
     >>> schedule = cyclax.gradual_sparsity_schedule(0.8, begin_step=0, end_step=100)
     >>> [round(float(schedule(t)), 4) for t in (0, 50, 100, 200)]
     [0.0, 0.7, 0.8, 0.8]
+    >>> step = cyclax.gradual_sparsity_schedule(0.8, begin_step=0, end_step=100, ramp="step")
+    >>> [round(float(step(t)), 4) for t in (0, 49, 50, 200)]
+    [0.0, 0.0, 0.8, 0.8]
   """
+  _check_ramp(ramp)
   _validation.check_sparsity("target_sparsity", target_sparsity, allow_full=True)
   _validation.check_sparsity("initial_sparsity", initial_sparsity, allow_full=True)
-  if int(begin_step) < 0:
-    raise ValueError(f"`begin_step` must be >= 0, got {begin_step}.")
-  if int(end_step) <= int(begin_step):
-    raise ValueError(f"`end_step` must be > `begin_step` ({begin_step}), got {end_step}.")
-  length = float(end_step - begin_step)
+  if _is_concrete(begin_step, end_step):
+    if int(begin_step) < 0:
+      raise ValueError(f"`begin_step` must be >= 0, got {begin_step}.")
+    if int(end_step) <= int(begin_step):
+      raise ValueError(f"`end_step` must be > `begin_step` ({begin_step}), got {end_step}.")
+    length = float(end_step - begin_step)
+    ramp_exists = True
+  else:
+    # Traced: a negative begin_step starts at 0, and end_step <= begin_step is a ramp of length 0.
+    begin_step = jnp.maximum(jnp.asarray(begin_step, jnp.int32), 0)
+    end_step = jnp.asarray(end_step, jnp.int32)
+    ramp_exists = end_step > begin_step
+    length = jnp.where(ramp_exists, end_step - begin_step, 1).astype(jnp.float32)
 
   def schedule(count: ArrayLike) -> jax.Array:
+    start = _sparsity_value(initial_sparsity)
+    target = _sparsity_value(target_sparsity)
+    if ramp == "step":
+      elapsed = jnp.asarray(count, jnp.int32) - begin_step
+      half_way = 2 * elapsed >= jnp.maximum(end_step - begin_step, 0)
+      return _step_ramp(start, target, (elapsed >= 0) & half_way)
     progress = (jnp.asarray(count, jnp.float32) - begin_step) / length
-    return _cubic_ramp(
-      jnp.asarray(initial_sparsity, jnp.float32), jnp.asarray(target_sparsity, jnp.float32), progress
-    )
+    if ramp_exists is not True:
+      progress = jnp.where(ramp_exists, progress, jnp.where(progress >= 0.0, 1.0, 0.0))
+    shape = _cubic_ramp if ramp == "cubic" else _linear_ramp
+    return shape(start, target, progress)
 
   return schedule
 
@@ -139,6 +208,7 @@ def cyclical_sparsity_schedule(
   cycle_steps: int,
   initial_sparsity: Optional[ArrayLike] = None,
   ramp_fraction: float = 0.8,
+  ramp: Ramp = "cubic",
 ) -> optax.Schedule:
   r"""The cyclical sparsity schedule of Srinivas et al. (2022).
 
@@ -155,6 +225,12 @@ def cyclical_sparsity_schedule(
   sparsity and lets wrongly pruned weights grow back. After the last cycle the
   schedule holds ``s_t``.
 
+  ``ramp`` picks the shape inside a cycle (the paper's Table 5 ablation):
+  ``"cubic"`` (the default, above), ``"linear"`` (``1 - min(tau / R, 1)``
+  instead of its cube) or ``"step"``: ``s_init`` for the first half of the
+  cycle, then ``s_t`` from the first ``tau`` with ``2 tau >= cycle_steps`` on
+  (one jump at the halfway mark; ``ramp_fraction`` is not used).
+
   Args:
     target_sparsity: the sparsity ``s_t`` every cycle ends at, in [0, 1].
     num_cycles: number of cycles (>= 1).
@@ -162,50 +238,76 @@ def cyclical_sparsity_schedule(
     initial_sparsity: sparsity at the start of cycles 2, 3, ...; defaults to
       ``0.5 * target_sparsity``. Must not exceed ``target_sparsity``.
     ramp_fraction: fraction of a cycle spent ramping, in (0, 1]; the rest of the
-      cycle holds the target (the paper's fine-tuning phase).
+      cycle holds the target (the paper's fine-tuning phase). A traced value is
+      clipped into [0, 1], and 0 means the target from the cycle's first step.
+    ramp: the shape of the ramp, ``"cubic"`` (default), ``"linear"`` or
+      ``"step"``.
 
   Returns:
     A schedule ``step -> sparsity``.
 
   Raises:
-    ValueError: if an argument is out of range.
+    ValueError: if an argument is out of range or ``ramp`` is unknown.
 
   Example:
     >>> import cyclax
     >>> schedule = cyclax.cyclical_sparsity_schedule(0.9, num_cycles=2, cycle_steps=100)
     >>> [round(float(schedule(t)), 4) for t in (0, 80, 99, 100, 180, 500)]
     [0.0, 0.9, 0.9, 0.45, 0.9, 0.9]
+    >>> step = cyclax.cyclical_sparsity_schedule(0.9, num_cycles=2, cycle_steps=100, ramp="step")
+    >>> [round(float(step(t)), 4) for t in (0, 49, 50, 100, 150, 500)]
+    [0.0, 0.0, 0.9, 0.45, 0.9, 0.9]
   """
+  _check_ramp(ramp)
   _validation.check_sparsity("target_sparsity", target_sparsity, allow_full=True)
   _validation.check_positive_int("num_cycles", num_cycles)
   _validation.check_positive_int("cycle_steps", cycle_steps)
   _validation.check_fraction("ramp_fraction", ramp_fraction)
   if initial_sparsity is None:
-    initial_sparsity = 0.5 * jnp.asarray(target_sparsity, jnp.float32)
+    # Half the target; a Python float when the target is concrete, so that building the schedule
+    # creates no device array (which, made under a mesh, could not be closed over in shard_map).
+    if _validation.is_concrete(target_sparsity):
+      initial_sparsity = 0.5 * float(np.float32(np.asarray(target_sparsity, np.float32)))
+    else:
+      initial_sparsity = 0.5 * jnp.asarray(target_sparsity, jnp.float32)
   else:
     _validation.check_sparsity("initial_sparsity", initial_sparsity, allow_full=True)
-    if _validation.is_concrete(initial_sparsity) and _validation.is_concrete(target_sparsity):
+    if _is_concrete(initial_sparsity, target_sparsity):
       if float(initial_sparsity) > float(target_sparsity):
         raise ValueError(
           f"`initial_sparsity` ({float(initial_sparsity)}) must not exceed "
           f"`target_sparsity` ({float(target_sparsity)})."
         )
   # optax.inject_hyperparams passes every numeric argument as a (possibly traced) array.
-  if all(_validation.is_concrete(x) for x in (num_cycles, cycle_steps, ramp_fraction)):
+  if _is_concrete(num_cycles, cycle_steps, ramp_fraction):
     num_cycles, cycle_steps = int(num_cycles), int(cycle_steps)
     ramp_steps = float(ramp_fraction) * cycle_steps
+    ramp_exists = True
   else:
-    num_cycles = jnp.asarray(num_cycles, jnp.int32)
-    cycle_steps = jnp.asarray(cycle_steps, jnp.int32)
-    ramp_steps = jnp.asarray(ramp_fraction, jnp.float32) * cycle_steps.astype(jnp.float32)
+    # Traced values cannot be checked: clip them into range (see the module docstring).
+    num_cycles = jnp.maximum(jnp.asarray(num_cycles, jnp.int32), 1)
+    cycle_steps = jnp.maximum(jnp.asarray(cycle_steps, jnp.int32), 1)
+    fraction = jnp.clip(jnp.asarray(ramp_fraction, jnp.float32), 0.0, 1.0)
+    ramp_steps = fraction * cycle_steps.astype(jnp.float32)
+    ramp_exists = ramp_steps > 0.0
+    ramp_steps = jnp.where(ramp_exists, ramp_steps, 1.0)
 
   def schedule(count: ArrayLike) -> jax.Array:
     count = jnp.maximum(jnp.asarray(count, jnp.int32), 0)
     cycle = count // cycle_steps
-    tau = (count - cycle * cycle_steps).astype(jnp.float32)
-    target = jnp.asarray(target_sparsity, jnp.float32)
-    start = jnp.where(cycle == 0, 0.0, jnp.asarray(initial_sparsity, jnp.float32))
-    value = _cubic_ramp(start, target, tau / ramp_steps)
+    tau_int = count - cycle * cycle_steps
+    tau = tau_int.astype(jnp.float32)
+    target = _sparsity_value(target_sparsity)
+    # A traced initial_sparsity above the target would make the ramp run downwards: cap it.
+    initial = jnp.minimum(_sparsity_value(initial_sparsity), target)
+    start = jnp.where(cycle == 0, 0.0, initial)
+    if ramp == "step":
+      value = _step_ramp(start, target, 2 * tau_int >= cycle_steps)
+    else:
+      progress = tau / ramp_steps
+      if ramp_exists is not True:
+        progress = jnp.where(ramp_exists, progress, 1.0)
+      value = (_cubic_ramp if ramp == "cubic" else _linear_ramp)(start, target, progress)
     return jnp.where(cycle >= num_cycles, target, value)
 
   return schedule
@@ -242,13 +344,18 @@ def periodic(schedule: optax.Schedule, period: int, num_periods: Optional[int] =
   _validation.check_positive_int("period", period)
   if num_periods is not None:
     _validation.check_positive_int("num_periods", num_periods)
-  period = int(period)
+  # Traced values (optax.inject_hyperparams) are clipped to at least 1 instead.
+  period = int(period) if _is_concrete(period) else jnp.maximum(jnp.asarray(period, jnp.int32), 1)
+  if num_periods is not None:
+    num_periods = (
+      int(num_periods) if _is_concrete(num_periods) else jnp.maximum(jnp.asarray(num_periods, jnp.int32), 1)
+    )
 
   def periodic_schedule(count: ArrayLike) -> jax.Array:
     count = jnp.maximum(jnp.asarray(count, jnp.int32), 0)
     local = count % period
     if num_periods is not None:
-      last_start = (int(num_periods) - 1) * period
+      last_start = (num_periods - 1) * period
       local = jnp.where(count >= last_start, count - last_start, local)
     return schedule(local)
 

@@ -6,17 +6,23 @@ import argparse
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Optional
 
 REPO_DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
 
 
-def parse_args(description: str, replot: bool = False) -> argparse.Namespace:
+def parse_args(
+  description: str,
+  replot: bool = False,
+  add_options: Optional[Callable[[argparse.ArgumentParser], None]] = None,
+) -> argparse.Namespace:
   """The two options every example takes: ``--quick`` and ``--out``.
 
   Args:
     description: the example's one-line description, shown by ``--help``.
     replot: also offer ``--replot`` (redraw figures and tables from saved results).
+    add_options: called with the parser to add an example's own options.
 
   Returns:
     The parsed namespace with ``quick`` (bool) and ``out`` (a directory that exists).
@@ -34,6 +40,8 @@ def parse_args(description: str, replot: bool = False) -> argparse.Namespace:
     parser.add_argument(
       "--replot", action="store_true", help="redraw the figures and tables from the results saved in --out"
     )
+  if add_options is not None:
+    add_options(parser)
   args = parser.parse_args()
   if args.out is None:
     args.out = tempfile.mkdtemp(prefix="cyclax-quick-") if args.quick else REPO_DOCS

@@ -3,7 +3,8 @@
 The 8x8 digits (1797 images, shipped with scikit-learn, no download) are split
 75/25 into train and held-out test sets. For every seed an MLP and a small CNN
 are trained dense, then pruned from that checkpoint by three methods that use
-the same optimizer (Adam), the same number of steps and the same batches:
+the same optimizer, the same number of steps and the same batches. Every method
+runs with Adam and with SGD with momentum (the paper's CIFAR optimizer):
 
 - one-shot: prune to the target at the first step, fine-tune on the fixed mask,
   cosine learning-rate decay;
@@ -16,11 +17,14 @@ the same optimizer (Adam), the same number of steps and the same batches:
 Every kernel (ndim >= 2) is pruned at the same sparsity (cyclax's default,
 layer-wise uniform, as in the paper); biases stay dense. The whole training
 loop is one jitted ``lax.scan`` and all seeds and sparsities of a method run
-together under ``jax.vmap``.
+together under ``jax.vmap``. Snapshots of the masks in the scan give the
+regrowth at every cycle start, how many of the regrown weights survive to the
+end of their cycle, and the mask distance between cycles (``_mask_history``).
 
 Run ``python examples/digits.py`` for the full run (writes ``docs/digits.md``,
 ``docs/accuracy_vs_sparsity.png``, ``docs/regrowth.png``, ``docs/schedule.png``)
-or ``--quick`` for a smoke test.
+or ``--quick`` for a smoke test; ``--optimizer adam`` or ``--optimizer sgd``
+runs one optimizer only.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import os
 import time
 from typing import NamedTuple
 
+import _mask_history as mask_history
 import jax
 import jax.numpy as jnp
 import matplotlib
@@ -38,6 +43,7 @@ import numpy as np
 import optax
 from _common import markdown_table, parse_args
 from flax import nnx
+from scipy import stats
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from tqdm import tqdm
@@ -48,6 +54,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 METHODS = ("one-shot", "gradual", "cyclical")
+OPTIMIZERS = ("adam", "sgd")
 
 
 class Config(NamedTuple):
@@ -60,11 +67,22 @@ class Config(NamedTuple):
   num_cycles: int = 3
   update_every: int = 20
   batch_size: int = 64
-  learning_rate: float = 1e-3
+  learning_rate: float = 1e-3  # Adam, dense pre-training and pruning
   ramp_fraction: float = 0.8
+  optimizers: tuple[str, ...] = OPTIMIZERS
+  sgd_learning_rate: float = 0.1
+  momentum: float = 0.9
 
 
-QUICK = Config(sparsities=(0.5, 0.95), seeds=2, dense_steps=100, prune_steps=150, update_every=10)
+QUICK = Config(
+  sparsities=(0.5, 0.95),
+  seeds=2,
+  dense_steps=100,
+  prune_steps=150,
+  update_every=10,
+  num_cycles=3,
+  optimizers=("sgd",),
+)
 
 
 class MLP(nnx.Module):
@@ -110,22 +128,32 @@ def load_data():
   return jnp.asarray(x_train), jnp.asarray(y_train), jnp.asarray(x_test), jnp.asarray(y_test)
 
 
-def schedules(method: str, target: jax.typing.ArrayLike, cfg: Config):
+def peak_learning_rate(opt: str, cfg: Config) -> float:
+  return cfg.learning_rate if opt == "adam" else cfg.sgd_learning_rate
+
+
+def optimizer(opt: str, lr: optax.Schedule, cfg: Config) -> optax.GradientTransformation:
+  """Adam, or SGD with momentum."""
+  return optax.adam(lr) if opt == "adam" else optax.sgd(lr, momentum=cfg.momentum)
+
+
+def schedules(method: str, target: jax.typing.ArrayLike, cfg: Config, opt: str = "adam"):
   """The learning-rate schedule and the pruning transformation of a method."""
   steps = cfg.prune_steps
+  peak = peak_learning_rate(opt, cfg)
   if method == "dense":
     return optax.cosine_decay_schedule(cfg.learning_rate, cfg.dense_steps), None
   if method == "one-shot":
     # One refresh at step 0, then the mask stays fixed (update_every > steps).
-    lr = optax.cosine_decay_schedule(cfg.learning_rate, steps)
+    lr = optax.cosine_decay_schedule(peak, steps)
     return lr, cyclax.magnitude_prune(cyclax.one_shot_sparsity_schedule(target), update_every=steps + 1)
   if method == "gradual":
-    lr = optax.cosine_decay_schedule(cfg.learning_rate, steps)
+    lr = optax.cosine_decay_schedule(peak, steps)
     sparsity = cyclax.gradual_sparsity_schedule(target, 0, int(cfg.ramp_fraction * steps))
     return lr, cyclax.magnitude_prune(sparsity, update_every=cfg.update_every)
   if method == "cyclical":
     cycle = steps // cfg.num_cycles
-    lr = cyclax.periodic(optax.cosine_decay_schedule(cfg.learning_rate, cycle), cycle)
+    lr = cyclax.periodic(optax.cosine_decay_schedule(peak, cycle), cycle)
     prune = cyclax.cyclical_prune(
       target,
       num_cycles=cfg.num_cycles,
@@ -154,16 +182,18 @@ def accuracy(graphdef, params, x, y) -> jax.Array:
   return jnp.mean(jnp.argmax(logits, -1) == y)
 
 
-def train(graphdef, params, key, target, data, *, method: str, cfg: Config):
+def train(graphdef, params, key, target, data, *, method: str, cfg: Config, opt: str = "adam"):
   """One run as a ``lax.scan`` over refresh intervals of ``cfg.update_every`` steps.
 
-  Returns the final params and, per interval, the test accuracy at its end and
-  the fraction of pruned-leaf weights regrown at the refresh that opened it
-  (pruned at an earlier refresh, kept now).
+  Returns the final params and, per interval, the test accuracy at its end, the
+  fraction of pruned-leaf weights regrown at the refresh that opened it (pruned
+  at an earlier refresh, kept now), and the cycle statistics of
+  ``_mask_history`` (survival of the weights regrown at the latest cycle start,
+  mask distances to the end of cycle 1 and of the previous cycle).
   """
   x_train, y_train, x_test, y_test = data
-  lr, prune = schedules(method, target, cfg)
-  tx = optax.adam(lr) if prune is None else optax.chain(optax.adam(lr), prune)
+  lr, prune = schedules(method, target, cfg, opt)
+  tx = optimizer(opt, lr, cfg) if prune is None else optax.chain(optimizer(opt, lr, cfg), prune)
   steps = cfg.dense_steps if method == "dense" else cfg.prune_steps
   chunks = steps // cfg.update_every
 
@@ -183,25 +213,36 @@ def train(graphdef, params, key, target, data, *, method: str, cfg: Config):
       return []
     return [m for m in jax.tree.leaves(cyclax.get_masks(state)) if m is not None]
 
-  def chunk(carry, chunk_key):
-    p, state, ever_pruned = carry
+  def chunk(carry, xs):
+    p, state, ever_pruned, history = carry
+    chunk_key, flag = xs
     (p, state), _ = jax.lax.scan(step, (p, state), jax.random.split(chunk_key, cfg.update_every))
     masks = masks_of(state)
     total = sum(m.size for m in masks) or 1
     regrown = sum(jnp.sum(e & m) for e, m in zip(ever_pruned, masks)) / total
     ever_pruned = [e | ~m for e, m in zip(ever_pruned, masks)]
-    return (p, state, ever_pruned), (accuracy(graphdef, p, x_test, y_test), jnp.asarray(regrown, jnp.float32))
+    out = {"acc": accuracy(graphdef, p, x_test, y_test), "regrown": jnp.asarray(regrown, jnp.float32)}
+    if masks:
+      history, stats = mask_history.update(history, masks, flag)
+      # "regrown" above counts weights pruned at any earlier refresh; the history's counts the previous one.
+      out.update({"regrown_at_refresh" if k == "regrown" else k: v for k, v in stats.items()})
+    return (p, state, ever_pruned, history), out
 
   state = tx.init(params)
-  ever = [jnp.zeros_like(m) for m in masks_of(state)]
-  (params, state, _), (acc, regrown) = jax.lax.scan(
-    chunk, (params, state, ever), jax.random.split(key, chunks)
-  )
-  return params, acc, regrown
+  masks = masks_of(state)
+  ever = [jnp.zeros_like(m) for m in masks]
+  history = mask_history.init(masks) if masks else None
+  per_cycle = steps // (cfg.num_cycles if method == "cyclical" else 1) // cfg.update_every
+  xs = (jax.random.split(key, chunks), mask_history.flags(chunks, per_cycle))
+  (params, *_), out = jax.lax.scan(chunk, (params, state, ever, history), xs)
+  return params, out
 
 
 def run_model(name: str, data, cfg: Config, progress: tqdm) -> dict:
-  """Dense pre-training, then every method at every sparsity, all seeds batched."""
+  """Dense pre-training, then every optimizer, method and sparsity, all seeds batched.
+
+  Returns ``{optimizer: results}``; every optimizer starts from the same dense checkpoints.
+  """
   model_cls = MODELS[name]
   graphdef, _ = nnx.split(model_cls(nnx.Rngs(0)))
   init = jax.vmap(lambda k: nnx.split(model_cls(nnx.Rngs(k)))[1])
@@ -209,7 +250,7 @@ def run_model(name: str, data, cfg: Config, progress: tqdm) -> dict:
   dense_fn = jax.jit(
     jax.vmap(functools.partial(train, graphdef, method="dense", cfg=cfg), in_axes=(0, 0, None, None))
   )
-  dense, dense_acc, _ = dense_fn(
+  dense, dense_out = dense_fn(
     init(seed_keys), jax.vmap(lambda k: jax.random.fold_in(k, 1))(seed_keys), 0.0, data
   )
   progress.update(1)
@@ -220,49 +261,134 @@ def run_model(name: str, data, cfg: Config, progress: tqdm) -> dict:
   targets = jnp.tile(jnp.asarray(cfg.sparsities, jnp.float32), cfg.seeds)
   keys = jax.vmap(lambda k: jax.random.fold_in(k, 2))(jnp.repeat(seed_keys, num_s))
   keys = jax.vmap(jax.random.fold_in)(keys, jnp.tile(jnp.arange(num_s), cfg.seeds))
-  out = {"dense_acc": np.asarray(dense_acc[:, -1]).tolist(), "methods": {}}
-  for method in METHODS:
-    fn = jax.jit(
-      jax.vmap(functools.partial(train, graphdef, method=method, cfg=cfg), in_axes=(0, 0, 0, None))
-    )
-    final, acc, regrown = fn(params, keys, targets, data)
-    zeros = jax.vmap(lambda p: cyclax.sparsity_report(p, filter=cyclax.default_filter)["total"])(final)
-    shape = (cfg.seeds, num_s, -1)
-    out["methods"][method] = {
-      "final_acc": np.asarray(acc[:, -1]).reshape(cfg.seeds, num_s).tolist(),
-      "acc_curve": np.asarray(acc).reshape(shape).tolist(),
-      "regrown": np.asarray(regrown).reshape(shape).tolist(),
-      "measured_sparsity": np.asarray(zeros).reshape(cfg.seeds, num_s).tolist(),
-    }
-    progress.update(1)
-  return out
+  results = {}
+  for opt in cfg.optimizers:
+    out = {"dense_acc": np.asarray(dense_out["acc"][:, -1]).tolist(), "optimizer": opt, "methods": {}}
+    for method in METHODS:
+      fn = jax.jit(
+        jax.vmap(functools.partial(train, graphdef, method=method, cfg=cfg, opt=opt), in_axes=(0, 0, 0, None))
+      )
+      final, curves = fn(params, keys, targets, data)
+      zeros = jax.vmap(lambda p: cyclax.sparsity_report(p, filter=cyclax.default_filter)["total"])(final)
+      shape = (cfg.seeds, num_s, -1)
+      entry = {
+        "final_acc": np.asarray(curves["acc"][:, -1]).reshape(cfg.seeds, num_s).tolist(),
+        "acc_curve": np.asarray(curves["acc"]).reshape(shape).tolist(),
+        "measured_sparsity": np.asarray(zeros).reshape(cfg.seeds, num_s).tolist(),
+      }
+      for key, values in curves.items():
+        if key != "acc":
+          entry[key] = np.asarray(values).reshape(shape).tolist()
+      out["methods"][method] = entry
+      progress.update(1)
+    results[opt] = out
+  return results
+
+
+def optimizer_name(opt: str) -> str:
+  return "Adam" if opt == "adam" else "SGD"
+
+
+def label(name: str, opt: str) -> str:
+  return f"{name}, {optimizer_name(opt)}"
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray) -> str:
+  """Mean of ``a - b`` over seeds (points), its 95% t-interval and the paired t-test's p-value."""
+  d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+  n = len(d)
+  if n < 2 or np.all(d == d[0]):
+    return f"{d.mean():+.2f}"
+  half = stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / np.sqrt(n)
+  p = stats.ttest_1samp(d, 0.0).pvalue
+  return f"{d.mean():+.2f} [{d.mean() - half:+.2f}, {d.mean() + half:+.2f}], p={p:.2g}"
 
 
 def results_table(results: dict, cfg: Config) -> str:
   lines = []
   for name, res in results.items():
     dense = np.asarray(res["dense_acc"]) * 100
+    opt = res.get("optimizer", "adam")
     lines += [
-      f"### {name} (dense: {dense.mean():.2f} +- {dense.std():.2f}%)",
+      f"### {name} (dense: {dense.mean():.2f} +- {dense.std():.2f}%; pruning with peak learning rate "
+      f"{peak_learning_rate(opt, cfg):g})",
       "",
       "Held-out test accuracy (%), mean +- std over seeds; in brackets the measured sparsity of the "
-      "pruned kernels.",
+      "pruned kernels. Last column: cyclical minus gradual, paired by seed, with its 95% t-interval and "
+      "the paired t-test's p-value.",
       "",
     ]
     rows = []
     for j, s in enumerate(cfg.sparsities):
-      means = {m: np.mean(np.asarray(res["methods"][m]["final_acc"])[:, j]) * 100 for m in METHODS}
+      accs = {m: np.asarray(res["methods"][m]["final_acc"])[:, j] * 100 for m in METHODS}
+      means = {m: accs[m].mean() for m in METHODS}
       best = max(means, key=means.get)
       row = [f"{s:.0%}"]
       for m in METHODS:
-        acc = np.asarray(res["methods"][m]["final_acc"])[:, j] * 100
-        cell = f"{acc.mean():.2f} +- {acc.std():.2f}"
+        cell = f"{accs[m].mean():.2f} +- {accs[m].std():.2f}"
         measured = np.mean(np.asarray(res["methods"][m]["measured_sparsity"])[:, j])
         cell += f" [{measured:.3f}]"
         row.append(f"**{cell}**" if m == best else cell)
+      row.append(paired_difference(accs["cyclical"], accs["gradual"]))
       rows.append(row)
-    lines += [markdown_table(["sparsity", *METHODS], rows), ""]
+    lines += [markdown_table(["sparsity", *METHODS, "cyclical - gradual"], rows), ""]
   return "\n".join(lines)
+
+
+def cycle_table(results: dict, cfg: Config) -> str:
+  """Cyclical pruning's regrowth, survival and mask distances, cycle by cycle (mean over seeds)."""
+  per_cycle = cfg.prune_steps // cfg.num_cycles // cfg.update_every
+  rows = []
+  for name, res in results.items():
+    entry = res["methods"]["cyclical"]
+    if "survival" not in entry:  # saved by an older version of this script
+      continue
+    for j, s in enumerate(cfg.sparsities):
+
+      def ends(key):
+        return mask_history.at_cycle_ends(np.asarray(entry[key])[:, j], per_cycle, cfg.num_cycles).mean(0)
+
+      starts = mask_history.at_cycle_starts(
+        np.asarray(entry["regrown_at_refresh"])[:, j], per_cycle, cfg.num_cycles
+      )
+      rows.append(
+        [
+          name,
+          f"{s:.0%}",
+          " / ".join(f"{v * 100:.1f}" for v in starts.mean(0)),
+          " / ".join(f"{v * 100:.2f}" for v in ends("survival")[1:]),
+          f"{(1 - s) * 100:.0f}",
+          " / ".join(f"{v * 100:.1f}" for v in ends("regrown_share")[1:]),
+          " / ".join(f"{v:.3f}" for v in ends("dist_cycle1")[1:]),
+          " / ".join(f"{(1 - v) * 100:.1f}" for v in ends("dist_prev_end")[1:]),
+        ]
+      )
+  if not rows:
+    return ""
+  header = [
+    "model, optimizer",
+    "target",
+    "regrown at the start of cycles 2.. (% of weights)",
+    "survival to the cycle end (%)",
+    "survival of a random weight (%)",
+    "share of the cycle-end kept set regrown at its start (%)",
+    "mask distance to the end of cycle 1",
+    "cycle-end mask vs the previous one, 1 - distance (%)",
+  ]
+  return "\n".join(
+    [
+      "### Cyclical pruning, cycle by cycle",
+      "",
+      "Regrown: kept by the refresh that opens the cycle and pruned by the masks just before it. Survival: "
+      "the fraction of those still kept by the mask at the end of that cycle (a weight picked at random "
+      "survives with probability 1 - target). Share: the fraction of the cycle-end kept set regrown at the "
+      "cycle's start. Mask distance: `cyclax.mask_distance` (Jaccard). Values per cycle 2, 3, ..., mean "
+      "over seeds; from snapshots of the masks in the training scan.",
+      "",
+      markdown_table(header, rows),
+      "",
+    ]
+  )
 
 
 def plot_accuracy(results: dict, cfg: Config, path: str) -> None:
@@ -321,11 +447,15 @@ def plot_schedule(cfg: Config, target: float, path: str) -> None:
     lr, _ = schedules(m, target, cfg)
     style = "--" if m == "one-shot" else "-"  # one-shot and gradual share the learning rate
     ax_s.plot(steps, np.asarray(jax.vmap(sparsity_of(m, target, cfg))(steps)), style, label=m)
-    ax_lr.plot(steps, np.asarray(jax.vmap(lr)(steps)), style, label=m)
+    ax_lr.plot(steps, np.asarray(jax.vmap(lr)(steps)) / cfg.learning_rate, style, label=m)
   ax_s.set_ylabel("sparsity")
   ax_s.set_title(f"schedules used by examples/digits.py (target {target:.0%})")
   ax_s.legend()
-  ax_lr.set_ylabel("learning rate (Adam)")
+  ax_lr.set_ylabel("learning rate / peak")
+  ax_lr.set_title(
+    "peak: " + ", ".join(f"{optimizer_name(o)} {peak_learning_rate(o, cfg):g}" for o in cfg.optimizers),
+    fontsize=9,
+  )
   ax_lr.legend()
   ax_lr.set_xlabel("step after the dense checkpoint")
   fig.tight_layout()
@@ -335,9 +465,18 @@ def plot_schedule(cfg: Config, target: float, path: str) -> None:
 
 def main() -> None:
   args = parse_args(
-    "Prune Flax NNX models on scikit-learn digits: one-shot vs gradual vs cyclical.", replot=True
+    "Prune Flax NNX models on scikit-learn digits: one-shot vs gradual vs cyclical.",
+    replot=True,
+    add_options=lambda parser: parser.add_argument(
+      "--optimizer",
+      choices=(*OPTIMIZERS, "both"),
+      default=None,
+      help="prune with Adam, SGD with momentum, or both (default: both; SGD only with --quick)",
+    ),
   )
   cfg = QUICK if args.quick else Config()
+  if args.optimizer is not None:
+    cfg = cfg._replace(optimizers=OPTIMIZERS if args.optimizer == "both" else (args.optimizer,))
   data = load_data()
   json_path = os.path.join(args.out, "digits.json")
   if args.replot:
@@ -350,9 +489,10 @@ def main() -> None:
     results = {}
     # The quick smoke test trains the MLP only, to keep compile time short.
     models = ["MLP"] if args.quick else list(MODELS)
-    with tqdm(total=len(models) * (1 + len(METHODS)), desc="digits runs") as progress:
+    with tqdm(total=len(models) * (1 + len(cfg.optimizers) * len(METHODS)), desc="digits runs") as progress:
       for name in models:
-        results[name] = run_model(name, data, cfg, progress)
+        for opt, res in run_model(name, data, cfg, progress).items():
+          results[label(name, opt)] = res
     seconds = time.perf_counter() - start
     with open(json_path, "w") as f:
       json.dump({"config": cfg._asdict(), "results": results, "seconds": seconds}, f)
@@ -368,6 +508,7 @@ def main() -> None:
       + ("." if seconds is None else f"; {seconds:.0f} s for all runs."),
       "",
       results_table(results, cfg),
+      cycle_table(results, cfg),
     ]
   )
   with open(os.path.join(args.out, "digits.md"), "w") as f:

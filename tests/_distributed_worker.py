@@ -89,6 +89,34 @@ def quadratic_grads(params, targets):
   return {k: p - targets[k] for k, p in params.items()}
 
 
+# A schedule whose default cadence skips steps (cycles of 6, ramps ending at 5, a refresh every 4), for
+# the runs that compare the static loop (refresh_masks from refresh_due) with the default loop.
+STATIC_SCHEDULE = dict(num_cycles=2, cycle_steps=6, update_every=4)
+STATIC_STEPS = 9
+
+
+def _static_equals_default(make_step, init, params, targets) -> bool:
+  """Runs the default and the static loop from the same start; True if every step is bitwise equal.
+
+  ``make_step(refresh_masks)`` returns a compiled step; ``init(params)`` the state.
+  """
+  prune = cyclax.cyclical_prune(TARGET, **STATIC_SCHEDULE)
+  steps = {flag: make_step(flag) for flag in (None, True, False)}
+  histories = []
+  for static in (False, True):
+    p, state = params, init(params)
+    history = []
+    for t in range(STATIC_STEPS):
+      p, state = steps[prune.refresh_due(t) if static else None](p, state, targets)
+      history.append([np.asarray(x).tobytes() for x in jax.tree.leaves((p, state))])
+    histories.append(history)
+  return histories[0] == histories[1]
+
+
+def static_tx(**kwargs) -> optax.GradientTransformation:
+  return optax.chain(optax.sgd(LEARNING_RATE), cyclax.cyclical_prune(TARGET, **STATIC_SCHEDULE, **kwargs))
+
+
 def mlp_problem(seed: int = 0, num_shards: int = 8):
   """MLP params and ``num_shards`` batches of (x, y) for data parallelism."""
   keys = jax.random.split(jax.random.key(seed), 4)
@@ -189,7 +217,17 @@ def run_pmap(out_dir: str) -> None:
   }
   arrays.update(_flat("blocks/params", join(blocks)))
   arrays.update(_flat("blocks/masks", join(cyclax.get_masks(state))))
-  _save(out_dir, arrays, {"num_devices": n})
+  tx2 = static_tx(axis_name="blocks", sharded_dims=dims)
+
+  def make_step(flag):
+    def flagged(params, state, targets):
+      updates, state = tx2.update(quadratic_grads(params, targets), state, params, refresh_masks=flag)
+      return optax.apply_updates(params, updates), state
+
+    return jax.pmap(flagged, axis_name="blocks")
+
+  same = _static_equals_default(make_step, jax.pmap(tx2.init), split(params), targets)
+  _save(out_dir, arrays, {"num_devices": n, "static_equals_default": same})
 
 
 def run_jit(out_dir: str, explicit: bool) -> None:
@@ -307,9 +345,30 @@ def run_shard_map(out_dir: str) -> None:
         params, state = step(params, state, targets)
       prune_state = cyclax.find_prune_state(state)
       facts[name] = {"misplaced_steps": int(prune_state.misplaced_steps)}
+      if name == "uniform":
+        facts[name]["static_equals_default"] = _shard_map_static_equals_default(
+          mesh, axis, specs, params0, targets
+        )
       arrays.update(_flat(f"{name}/params", params))
       arrays.update(_flat(f"{name}/masks", cyclax.get_masks(state)))
   _save(out_dir, arrays, facts)
+
+
+def _shard_map_static_equals_default(mesh, axis, specs, params, targets) -> bool:
+  tx = static_tx(axis_name=axis, sharded_dims=SHARDED_DIMS)
+  state_specs = jax.tree.map(lambda a: jax.typeof(a).sharding.spec, jax.jit(tx.init)(params))
+
+  def make_step(flag):
+    def local_step(params, state, targets):
+      updates, state = tx.update(quadratic_grads(params, targets), state, params, refresh_masks=flag)
+      return optax.apply_updates(params, updates), state
+
+    mapped = jax.shard_map(
+      local_step, mesh=mesh, in_specs=(specs, state_specs, specs), out_specs=(specs, state_specs)
+    )
+    return jax.jit(mapped)
+
+  return _static_equals_default(make_step, jax.jit(tx.init), params, targets)
 
 
 def run_two_processes(out_dir: str, process_id: int, port: int) -> None:

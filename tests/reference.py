@@ -8,6 +8,7 @@ tests compare the library against a second implementation.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from fractions import Fraction
 
 import numpy as np
 
@@ -41,6 +42,56 @@ def keep_mask(x: np.ndarray, k: int) -> np.ndarray:
   return keep.reshape(x.shape)
 
 
+def global_keep_masks(leaves: Sequence[np.ndarray], k: int) -> list[np.ndarray]:
+  """Keep-masks pruning the first ``k`` of one stable argsort of all ``|x|``, leaves concatenated.
+
+  Ties go to the earlier leaf, then the lower row-major index; NaN ranks above +inf.
+  """
+  flat = np.concatenate([_as_float64(x).ravel() for x in leaves])
+  keep = keep_mask(flat, k)
+  out, start = [], 0
+  for x in leaves:
+    out.append(keep[start : start + np.size(x)].reshape(np.shape(x)))
+    start += np.size(x)
+  return out
+
+
+def nm_keep_mask(x: np.ndarray, sparsity: float, n: int, m: int, axis: int) -> np.ndarray:
+  """Per group of ``m`` along ``axis``: keep ``max(n, m - num_to_prune(s, m))``, pruning by stable argsort."""
+  x = np.moveaxis(_as_float64(x), axis, -1)
+  keep_count = max(n, m - num_to_prune(sparsity, m))
+  groups = x.reshape(-1, m)
+  mask = np.stack([keep_mask(g, m - keep_count) for g in groups]) if groups.size else groups.astype(bool)
+  return np.moveaxis(mask.reshape(x.shape), -1, axis)
+
+
+def erk_num_to_prune(sparsity: float, shapes: Sequence[tuple[int, ...]]) -> list[int]:
+  """Evci et al.'s ERK loop in exact fractions, then largest remainders for an exact total.
+
+  Densities are ``eps * sum(shape) / prod(shape)``; leaves whose density would
+  exceed 1 are made dense until none is left, and the kept entries number
+  exactly ``total - num_to_prune(s, total)``. Leftover entries go one each to
+  the largest fractional parts, the earlier leaf first among equal ones.
+  """
+  sizes = [int(np.prod(s, dtype=object)) if len(s) else 1 for s in shapes]
+  sums = [sum(s) if len(s) else 1 for s in shapes]
+  total = sum(sizes)
+  kept = total - num_to_prune(sparsity, total)
+  dense: set[int] = set()
+  while True:
+    rest = [i for i in range(len(shapes)) if i not in dense]
+    eps = Fraction(kept - sum(sizes[i] for i in dense), sum(sums[i] for i in rest))
+    grow = {i for i in rest if eps * Fraction(sums[i], sizes[i]) > 1}
+    if not grow:
+      break
+    dense |= grow
+  ones = [sizes[i] if i in dense else int(eps * sums[i]) for i in range(len(shapes))]
+  fractions = [(eps * sums[i] - ones[i], -i) for i in rest]
+  for _, neg_i in sorted(fractions, reverse=True)[: kept - sum(ones)]:
+    ones[-neg_i] += 1
+  return [n - o for n, o in zip(sizes, ones)]
+
+
 def cubic_ramp(start: float, end: float, progress: float) -> float:
   """``end + (start - end) * (1 - clip(progress, 0, 1))**3`` in float64."""
   progress = min(max(progress, 0.0), 1.0)
@@ -61,6 +112,17 @@ def cyclical_sparsity(
 def gradual_sparsity(step: int, target: float, begin: int, end: int, initial: float) -> float:
   """Zhu & Gupta's cubic ramp between ``begin`` and ``end``."""
   return cubic_ramp(initial, target, (step - begin) / (end - begin))
+
+
+def refresh_due(sparsity: Callable[[int], float], update_every: int, t: int) -> bool:
+  """The documented cadence: every ``update_every`` steps, where the schedule drops, and where a change ends.
+
+  Cadence is tested only on schedules whose float values are exact enough that float32 and float64 agree.
+  """
+  if t % update_every == 0:
+    return True
+  previous, current, following = sparsity(t - 1), sparsity(t), sparsity(t + 1)
+  return current < previous or (current != previous and following == current)
 
 
 def tv_pgd(
@@ -88,7 +150,7 @@ def tv_pgd(
       u = (-np.asarray(learning_rate, p.dtype) * grads[name]).astype(p.dtype)
       candidate = (p + u).astype(p.dtype)
       if name in pruned:
-        if t % update_every == 0:
+        if refresh_due(sparsity, update_every, t):
           masks[name] = keep_mask(candidate, num_to_prune(sparsity(t), candidate.size))
         candidate = np.where(masks[name], candidate, np.zeros_like(candidate))
       new[name] = candidate
@@ -96,3 +158,136 @@ def tv_pgd(
     history.append({name: v.copy() for name, v in params.items()})
     mask_history.append({name: m.copy() for name, m in masks.items()})
   return history, mask_history
+
+
+def ramp_sparsity(shape: str, start: float, end: float, progress: float) -> float:
+  """A ramp from ``start`` to ``end`` at ``progress`` (clipped to [0, 1]): cubic or linear, in float64."""
+  progress = min(max(progress, 0.0), 1.0)
+  remaining = (1.0 - progress) ** 3 if shape == "cubic" else 1.0 - progress
+  return end + (start - end) * remaining
+
+
+def cyclical_sparsity_with_ramp(
+  step: int,
+  target: float,
+  num_cycles: int,
+  cycle_steps: int,
+  initial: float,
+  ramp_fraction: float,
+  ramp: str,
+) -> float:
+  """The cyclical schedule with a cubic, linear or step ramp, cycle by cycle.
+
+  "step" holds the cycle's start value and jumps to the target at the first
+  step ``tau`` of the cycle with ``2 * tau >= cycle_steps``. A ramp of length 0
+  (``ramp_fraction == 0``) is the target from the cycle's first step.
+  """
+  if step >= num_cycles * cycle_steps:
+    return target
+  cycle, tau = divmod(step, cycle_steps)
+  start = 0.0 if cycle == 0 else initial
+  if ramp == "step":
+    return target if 2 * tau >= cycle_steps else start
+  ramp_steps = ramp_fraction * cycle_steps
+  progress = 1.0 if ramp_steps == 0 else tau / ramp_steps
+  return ramp_sparsity(ramp, start, target, progress)
+
+
+def gradual_sparsity_with_ramp(
+  step: int, target: float, begin: int, end: int, initial: float, ramp: str
+) -> float:
+  """Gradual pruning with a cubic, linear or step ramp between ``begin`` and ``end``.
+
+  "step" jumps at the first step ``t >= begin`` with ``2 * (t - begin) >= end - begin``.
+  An empty ramp (``end <= begin``) is the target from ``begin`` on.
+  """
+  if ramp == "step":
+    return target if step >= begin and 2 * (step - begin) >= end - begin else initial
+  if end <= begin:
+    return target if step >= begin else initial
+  return ramp_sparsity(ramp, initial, target, (step - begin) / (end - begin))
+
+
+def block_scores(x: np.ndarray, block: Sequence[int]) -> np.ndarray:
+  """Per block of ``block`` tiling the trailing dimensions (size 1 in front), the float64 sum of ``|x|``.
+
+  A plain loop over the blocks. The sum ranks blocks like their mean (all blocks
+  have the same number of entries); NaN anywhere in a block makes its score NaN.
+  """
+  x = _as_float64(x)
+  full = (1,) * (x.ndim - len(block)) + tuple(block)
+  grid = tuple(d // b for d, b in zip(x.shape, full))
+  out = np.zeros(grid)
+  for unit in np.ndindex(*grid):
+    region = tuple(slice(u * b, (u + 1) * b) for u, b in zip(unit, full))
+    out[unit] = np.sum(np.abs(x[region]))
+  return out
+
+
+def channel_scores(x: np.ndarray, axis: int) -> np.ndarray:
+  """Per index along ``axis``, the float64 sum of squares of its slice (ranks like the L2 norm)."""
+  x = _as_float64(x)
+  return np.array([np.sum(np.take(x, c, axis=axis) ** 2) for c in range(x.shape[axis])])
+
+
+def expand_units(
+  unit_keep: np.ndarray, shape: Sequence[int], *, block: Sequence[int] = None, axis: int = None
+):
+  """A leaf keep-mask from a unit keep-mask: every entry of a unit (block or channel) copies it."""
+  keep = np.zeros(tuple(shape), dtype=bool)
+  if axis is not None:
+    for c in range(shape[axis]):
+      index = [slice(None)] * len(shape)
+      index[axis] = c
+      keep[tuple(index)] = unit_keep[c]
+    return keep
+  full = (1,) * (len(shape) - len(block)) + tuple(block)
+  for unit in np.ndindex(*unit_keep.shape):
+    keep[tuple(slice(u * b, (u + 1) * b) for u, b in zip(unit, full))] = unit_keep[unit]
+  return keep
+
+
+def structured_keep_mask(
+  x: np.ndarray, sparsity: float, *, block: Sequence[int] = None, axis: int = None
+) -> np.ndarray:
+  """Keep-mask pruning ``num_to_prune(s, units)`` whole units with the smallest scores.
+
+  Units are blocks (``block``) or channels (``axis``); ties go to the lower unit
+  index in row-major order and NaN ranks above +inf (NumPy's stable argsort).
+  """
+  scores = channel_scores(x, axis) if axis is not None else block_scores(x, block)
+  unit_keep = keep_mask(scores, num_to_prune(sparsity, scores.size))
+  return expand_units(unit_keep, np.shape(x), block=block, axis=axis)
+
+
+def global_block_keep_masks(
+  xs: Sequence[np.ndarray], sparsity: float, block: Sequence[int]
+) -> list[np.ndarray]:
+  """One ranking of the blocks of all leaves (leaf order, then row-major): prune ``round(s * blocks)``."""
+  scores = [block_scores(x, block) for x in xs]
+  flat = np.concatenate([s.ravel() for s in scores])
+  keep = keep_mask(flat, num_to_prune(sparsity, flat.size))
+  out, start = [], 0
+  for x, s in zip(xs, scores):
+    out.append(expand_units(keep[start : start + s.size].reshape(s.shape), np.shape(x), block=block))
+    start += s.size
+  return out
+
+
+def bits(x: np.ndarray) -> np.ndarray:
+  """The raw bit pattern of an array, so that +0.0 and -0.0 (and NaNs) compare exactly."""
+  x = np.asarray(x)
+  return x.view({1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[x.dtype.itemsize])
+
+
+def assert_trees_bitwise_equal(a, b) -> None:
+  """Two pytrees have the same structure and bit-identical leaves."""
+  import jax
+
+  leaves_a, tree_a = jax.tree.flatten(a)
+  leaves_b, tree_b = jax.tree.flatten(b)
+  assert tree_a == tree_b, (tree_a, tree_b)
+  for x, y in zip(leaves_a, leaves_b):
+    x, y = np.asarray(x), np.asarray(y)
+    assert x.dtype == y.dtype, (x.dtype, y.dtype)
+    np.testing.assert_array_equal(bits(x), bits(y))

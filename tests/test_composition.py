@@ -4,6 +4,7 @@ import dataclasses
 import functools
 from typing import NamedTuple, Optional
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,23 +18,6 @@ from jax import lax
 import cyclax
 
 LR = 0.25  # a power of two: the SGD step is exact, so NumPy references agree bit for bit
-
-
-def _bits(x):
-  x = np.asarray(x)
-  return x.view({2: np.uint16, 4: np.uint32, 8: np.uint64}[x.dtype.itemsize])
-
-
-def _assert_trees_bitwise_equal(a, b):
-  la, ta = jax.tree.flatten(a)
-  lb, tb = jax.tree.flatten(b)
-  assert ta == tb
-  for x, y in zip(la, lb):
-    x, y = np.asarray(x), np.asarray(y)
-    assert x.dtype == y.dtype
-    if jnp.issubdtype(x.dtype, jnp.floating):  # compare bit patterns: -0.0, NaN payloads
-      x, y = _bits(x), _bits(y)
-    np.testing.assert_array_equal(x, y)
 
 
 def _params(seed=0):
@@ -106,7 +90,9 @@ def test_masked_prunes_only_selected_subtree():
   for t, ((new, _), (old, _)) in enumerate(zip(history, [(params, None)] + history[:-1])):
     _assert_exact_sparsity(new, 0.5, ["w", "b"])
     # Masked out: the raw gradient passes through untouched.
-    np.testing.assert_array_equal(_bits(new["v"]), _bits(optax.apply_updates(old["v"], _grads(old, t)["v"])))
+    np.testing.assert_array_equal(
+      reference.bits(new["v"]), reference.bits(optax.apply_updates(old["v"], _grads(old, t)["v"]))
+    )
   masks = cyclax.get_masks(history[-1][1])
   assert set(masks) == {"w", "v", "b"} and masks["w"].shape == (5, 7) and masks["b"].shape == (7,)
   assert isinstance(masks["v"], optax.MaskedNode)
@@ -151,8 +137,8 @@ def test_inject_hyperparams_cyclical_prune_equals_plain():
     optax.inject_hyperparams(cyclax.cyclical_prune)(0.8, **kwargs),  # every argument traced
   )
   for (p1, s1), (p2, s2) in zip(_run(plain, params, 5), _run(injected, params, 5)):
-    _assert_trees_bitwise_equal(p1, p2)
-    _assert_trees_bitwise_equal(cyclax.find_prune_state(s1), cyclax.find_prune_state(s2))
+    reference.assert_trees_bitwise_equal(p1, p2)
+    reference.assert_trees_bitwise_equal(cyclax.find_prune_state(s1), cyclax.find_prune_state(s2))
 
 
 def test_multi_steps_prunes_on_every_inner_step():
@@ -167,10 +153,10 @@ def test_multi_steps_prunes_on_every_inner_step():
     prune_state = cyclax.find_prune_state(state)
     assert int(prune_state.count) == (t + 1) // 2
     if t % 2 == 0:  # accumulating: params unchanged
-      _assert_trees_bitwise_equal(p, params if t == 0 else history[t - 1][0])
+      reference.assert_trees_bitwise_equal(p, params if t == 0 else history[t - 1][0])
     else:
-      _assert_trees_bitwise_equal(p, plain[t // 2][0])
-      _assert_trees_bitwise_equal(prune_state, cyclax.find_prune_state(plain[t // 2][1]))
+      reference.assert_trees_bitwise_equal(p, plain[t // 2][0])
+      reference.assert_trees_bitwise_equal(prune_state, cyclax.find_prune_state(plain[t // 2][1]))
 
 
 def test_apply_if_finite_skips_non_finite_step_and_keeps_pruning_state():
@@ -186,13 +172,15 @@ def test_apply_if_finite_skips_non_finite_step_and_keeps_pruning_state():
 
   history = _run(tx, params, 4, grads_fn=grads_fn)
   skipped = _run(chain, params, 3, grads_fn=lambda p, t: _grads(p, t))
-  _assert_trees_bitwise_equal(history[2][0], history[1][0])  # NaN step: params unchanged
-  _assert_trees_bitwise_equal(cyclax.find_prune_state(history[2][1]), cyclax.find_prune_state(history[1][1]))
+  reference.assert_trees_bitwise_equal(history[2][0], history[1][0])  # NaN step: params unchanged
+  reference.assert_trees_bitwise_equal(
+    cyclax.find_prune_state(history[2][1]), cyclax.find_prune_state(history[1][1])
+  )
   assert int(history[2][1].notfinite_count) == 1
   # Afterwards the run is the run that never saw the NaN step.
   for got, want in [(history[0], skipped[0]), (history[1], skipped[1]), (history[3], skipped[2])]:
-    _assert_trees_bitwise_equal(got[0], want[0])
-    _assert_trees_bitwise_equal(cyclax.find_prune_state(got[1]), cyclax.find_prune_state(want[1]))
+    reference.assert_trees_bitwise_equal(got[0], want[0])
+    reference.assert_trees_bitwise_equal(cyclax.find_prune_state(got[1]), cyclax.find_prune_state(want[1]))
 
 
 def test_tree_map_params_reaches_the_masks():
@@ -218,8 +206,8 @@ def test_flax_train_state_apply_gradients_equals_plain_loop():
   plain = _run(tx, params, 4)
   for t in range(4):
     state = apply(state, _grads(state.params, t))
-    _assert_trees_bitwise_equal(state.params, plain[t][0])
-    _assert_trees_bitwise_equal(cyclax.get_masks(state.opt_state), cyclax.get_masks(plain[t][1]))
+    reference.assert_trees_bitwise_equal(state.params, plain[t][0])
+    reference.assert_trees_bitwise_equal(cyclax.get_masks(state.opt_state), cyclax.get_masks(plain[t][1]))
   _assert_exact_sparsity(
     state.params, float(cyclax.cyclical_sparsity_schedule(0.6, num_cycles=2, cycle_steps=2)(3)), ["w", "v"]
   )
@@ -255,7 +243,7 @@ def test_flax_nnx_optimizer_under_nnx_jit():
   for _ in range(3):
     grads = train_step(model, optimizer)
     params, plain_state = plain_step(params, plain_state, grads)
-    _assert_trees_bitwise_equal(nnx.state(model, nnx.Param), params)
+    reference.assert_trees_bitwise_equal(nnx.state(model, nnx.Param), params)
   for layer in (model.hidden, model.out):
     kernel = np.asarray(layer.kernel[...])
     assert int(np.sum(kernel == 0)) == reference.num_to_prune(0.5, kernel.size)
@@ -266,6 +254,60 @@ def test_flax_nnx_optimizer_under_nnx_jit():
   np.testing.assert_array_equal(
     np.asarray(masks["out"]["kernel"][...]), np.asarray(model.out.kernel[...]) != 0
   )
+
+
+def test_flax_nnx_leaf_names_have_no_value_suffix():
+  model = _MLP(nnx.Rngs(1))
+  tx = optax.chain(optax.sgd(LR), cyclax.magnitude_prune(0.5, update_every=1))
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  x = jnp.asarray(np.random.default_rng(12).standard_normal((8, 6)), jnp.float32)
+  nnx.jit(lambda m, o: o.update(m, nnx.grad(lambda m: jnp.mean(m(x) ** 2))(m)))(model, optimizer)
+  arrays = {
+    f"{layer}/{kind}": np.asarray(getattr(getattr(model, layer), kind)[...])
+    for layer in ("hidden", "out")
+    for kind in ("kernel", "bias")
+  }
+  report = cyclax.sparsity_report(nnx.state(model, nnx.Param))
+  assert sorted(report) == sorted([*arrays, "total"])
+  for name, value in arrays.items():
+    assert float(report[name]) == np.float32(np.sum(value == 0)) / np.float32(value.size)
+  metrics = cyclax.pruning_metrics(optimizer.opt_state)
+  assert sorted(k for k in metrics if k.startswith("sparsity/")) == [
+    "sparsity/hidden/kernel",
+    "sparsity/out/kernel",
+    "sparsity/total",
+  ]
+  # Names of other trees are unchanged: a dict key or NamedTuple field called `value` in the middle.
+  tree = {"value": _Pair(jnp.zeros((2, 2)), jnp.ones((2, 2)))}
+  assert sorted(cyclax.sparsity_report(tree)) == ["total", "value/first", "value/second"]
+
+
+def test_equinox_mlp_prunes_weights_and_keeps_biases_dense_like_numpy():
+  model = eqx.nn.MLP(6, 3, width_size=10, depth=2, key=jax.random.key(0))
+  sparsity = 0.6
+  tx = optax.chain(optax.sgd(LR), cyclax.magnitude_prune(sparsity, update_every=1))
+  state = tx.init(eqx.filter(model, eqx.is_inexact_array))
+  x = jnp.asarray(np.random.default_rng(13).standard_normal((16, 6)), jnp.float32)
+
+  @eqx.filter_jit
+  def step(model, state):
+    grads = eqx.filter_grad(lambda m: jnp.mean(jax.vmap(m)(x) ** 2))(model)
+    updates, state = tx.update(grads, state, eqx.filter(model, eqx.is_inexact_array))
+    return eqx.apply_updates(model, updates), state, grads
+
+  for _ in range(3):
+    old = [(np.asarray(layer.weight), np.asarray(layer.bias)) for layer in model.layers]
+    model, state, grads = step(model, state)
+    for (w, b), layer, g in zip(old, model.layers, grads.layers):
+      # NumPy step: SGD with an exact learning rate, then keep the largest |candidate| of each weight.
+      candidate = w - np.float32(LR) * np.asarray(g.weight)
+      mask = reference.keep_mask(candidate, reference.num_to_prune(sparsity, candidate.size))
+      reference.assert_trees_bitwise_equal(np.asarray(layer.weight), np.where(mask, candidate, np.float32(0)))
+      reference.assert_trees_bitwise_equal(np.asarray(layer.bias), b - np.float32(LR) * np.asarray(g.bias))
+  masks = cyclax.get_masks(state)
+  for layer, mask_layer in zip(model.layers, masks.layers):
+    assert mask_layer.bias is None and mask_layer.weight.shape == layer.weight.shape  # (out, in)
+    np.testing.assert_array_equal(np.asarray(mask_layer.weight), np.asarray(layer.weight) != 0)
 
 
 @dataclasses.dataclass
@@ -330,7 +372,7 @@ def test_tree_containers_give_the_same_result_as_dicts(kind):
   reference_run = _container_reference_run()
   run = _run(_container_tx(), make(w, v), 3, grads_fn=grads_fn)
   for (p, s), (p_ref, _) in zip(run, reference_run):
-    _assert_trees_bitwise_equal(jax.tree.leaves(p), jax.tree.leaves(make(p_ref["w"], p_ref["v"])))
+    reference.assert_trees_bitwise_equal(jax.tree.leaves(p), jax.tree.leaves(make(p_ref["w"], p_ref["v"])))
     assert jax.tree.structure(cyclax.get_masks(s)) == jax.tree.structure(make(True, True))
 
 
@@ -343,7 +385,7 @@ def test_init_accepts_shape_dtype_structs():
   ):
     from_structs = tx.init(structs)
     from_arrays = tx.init(params)
-    _assert_trees_bitwise_equal(from_structs, from_arrays)
+    reference.assert_trees_bitwise_equal(from_structs, from_arrays)
     assert jax.tree.map(jax.typeof, jax.eval_shape(tx.init, structs)) == jax.tree.map(jax.typeof, from_arrays)
 
 
@@ -371,7 +413,7 @@ def test_state_avals_identical_after_init_and_update_and_lax_cond_works(make):
   new_state = maybe_step(True, state)
   assert jax.tree.map(jax.typeof, new_state) == avals
   assert int(cyclax.find_prune_state(new_state).count) == 1
-  _assert_trees_bitwise_equal(maybe_step(False, state), state)
+  reference.assert_trees_bitwise_equal(maybe_step(False, state), state)
 
 
 def test_no_recompilation_across_steps():
@@ -389,5 +431,22 @@ def test_jitted_and_eager_runs_are_bitwise_identical():
   tx = optax.chain(optax.sgd(LR), cyclax.cyclical_prune(0.7, num_cycles=2, cycle_steps=2, update_every=1))
   params = _params(11)
   for (p1, s1), (p2, s2) in zip(_run(tx, params, 2, jit=True), _run(tx, params, 2, jit=False)):
-    _assert_trees_bitwise_equal(p1, p2)
-    _assert_trees_bitwise_equal(s1, s2)
+    reference.assert_trees_bitwise_equal(p1, p2)
+    reference.assert_trees_bitwise_equal(s1, s2)
+
+
+def test_tree_map_params_works_with_tree_valued_overrides_and_sharded_dims():
+  params = _params()
+  prune = cyclax.magnitude_prune(
+    0.5, overrides={"w": 0.25}, axis_name="x", sharded_dims={"w": 0, "v": None, "b": None}
+  )
+  tx = optax.chain(optax.adam(0.1), prune)
+  spec = jax.sharding.PartitionSpec
+  mapped = optax.tree_utils.tree_map_params(
+    tx,
+    lambda p: spec(*(["x"] + [None] * (p.ndim - 1))),
+    tx.init(params),
+    transform_non_params=lambda _: spec(),
+  )
+  prune_state = cyclax.find_prune_state(mapped)
+  assert prune_state.masks["w"] == spec("x", None) and prune_state.masks["b"] is None

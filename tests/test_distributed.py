@@ -159,6 +159,12 @@ def test_pmap_over_split_params_with_axis_name_matches_unsharded(pmap_run):
   _assert_same(arrays, keep(ref_params), keep(ref_masks), prefix="blocks/")
 
 
+def test_pmap_static_refresh_flag_loop_equals_default_loop(pmap_run):
+  # refresh_masks=prune.refresh_due(step) under pmap with axis_name, bit for bit the default loop.
+  _, facts = pmap_run
+  assert facts["static_equals_default"] is True
+
+
 def _check_sharded_jit(arrays: dict[str, np.ndarray], facts: dict, explicit: bool) -> None:
   # init places every mask like its leaf, and update keeps it there.
   assert facts["init_masks_like_params"] == {"w1": True, "w2": True, "w3": True}
@@ -205,6 +211,8 @@ def test_shard_map_with_axis_name_matches_unsharded_including_ties(tmp_path):
   arrays, facts = _run("shard_map", tmp_path)
   assert set(facts) == set(worker.SHARD_MAP_CONFIGS)
   assert all(f["misplaced_steps"] == 0 for f in facts.values())
+  # refresh_masks=prune.refresh_due(step) inside shard_map, bit for bit the default loop.
+  assert facts["uniform"]["static_equals_default"] is True
   # Uniform sparsity: the NumPy reference of Algorithm 1 (ties at every refresh), on a
   # one-axis mesh, with one dimension split over two mesh axes, and on a data x model mesh.
   for name in ("uniform", "tuple_axes", "data_model"):

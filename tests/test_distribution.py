@@ -1,7 +1,5 @@
 """Sparsity distributions (`cyclax._distribution`) against Python-int and NumPy references."""
 
-from fractions import Fraction
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,44 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import cyclax
-from cyclax import _distribution
-
-# ---------------------------------------------------------------------------
-# References (no cyclax): ERK with exact fractions, global by concatenation.
-# ---------------------------------------------------------------------------
-
-
-def erk_reference(sparsity, shapes):
-  """Evci et al.'s ERK loop in exact fractions, then largest remainders for an exact total."""
-  sizes = [int(np.prod(s, dtype=object)) if len(s) else 1 for s in shapes]
-  sums = [sum(s) if len(s) else 1 for s in shapes]
-  total = sum(sizes)
-  kept = total - reference.num_to_prune(sparsity, total)
-  dense = set()
-  while True:
-    rest = [i for i in range(len(shapes)) if i not in dense]
-    eps = Fraction(kept - sum(sizes[i] for i in dense), sum(sums[i] for i in rest))
-    grow = {i for i in rest if eps * Fraction(sums[i], sizes[i]) > 1}
-    if not grow:
-      break
-    dense |= grow
-  ones = [sizes[i] if i in dense else int(eps * sums[i]) for i in range(len(shapes))]
-  fractions = [(eps * sums[i] - ones[i], -i) for i in rest]
-  for _, neg_i in sorted(fractions, reverse=True)[: kept - sum(ones)]:
-    ones[-neg_i] += 1
-  return [n - o for n, o in zip(sizes, ones)]
-
-
-def global_reference(leaves, k_total):
-  """Keep-masks pruning the first ``k_total`` of a stable argsort of all |x| concatenated."""
-  flat = np.concatenate([np.abs(np.asarray(x, np.float64)).ravel() for x in leaves])
-  keep = np.ones(flat.size, bool)
-  keep[np.argsort(flat, kind="stable")[:k_total]] = False
-  out, start = [], 0
-  for x in leaves:
-    out.append(keep[start : start + x.size].reshape(x.shape))
-    start += x.size
-  return out
+from cyclax import _distribution, _masks
 
 
 def _random_shapes(rng, num):
@@ -76,7 +37,7 @@ def test_erk_counts_equal_fraction_reference(jit):
     for s in [0.0, 0.3, 0.5, 0.8, 0.95, 1.0, float(rng.random())][: None if jit else 4]:
       fn = _jit_erk if jit else _distribution.erk_num_to_prune
       got = [int(k) for k in fn(jnp.float32(s), tuple(shapes))]
-      assert got == erk_reference(s, shapes), (trial, shapes, s)
+      assert got == reference.erk_num_to_prune(s, shapes), (trial, shapes, s)
 
 
 def test_erk_caps_dense_leaves_and_meets_the_total_exactly():
@@ -84,7 +45,7 @@ def test_erk_caps_dense_leaves_and_meets_the_total_exactly():
   shapes = [(512, 512), (4, 3), (7,), (2, 2, 3, 3), (300, 20)]
   for s in [0.5, 0.7, 0.9]:
     got = [int(k) for k in cyclax.erk_num_to_prune(s, shapes)]
-    expect = erk_reference(s, shapes)
+    expect = reference.erk_num_to_prune(s, shapes)
     assert got == expect
     sizes = [int(np.prod(x)) for x in shapes]
     assert sum(got) == reference.num_to_prune(s, sum(sizes))
@@ -108,7 +69,7 @@ def test_erk_total_exact_beyond_int32():
   assert sum(int(np.prod(s, dtype=object)) for s in shapes) > 2**31
   for s in [0.5, 0.9, 0.987654]:
     got = [int(k) for k in _jit_erk(jnp.float32(s), tuple(shapes))]
-    assert got == erk_reference(s, shapes)
+    assert got == reference.erk_num_to_prune(s, shapes)
 
 
 # ---------------------------------------------------------------------------
@@ -124,20 +85,20 @@ def _leaves(rng, shapes, dtypes, ties):
   return out
 
 
-_jit_prune = jax.jit(_distribution.prune_masks, static_argnums=3)
+_jit_prune = jax.jit(_masks.select_masks, static_argnames="distribution")
 
 
 @pytest.mark.parametrize("jit", [False, True])
 def test_global_masks_equal_concatenated_stable_argsort(jit):
   rng = np.random.default_rng(11)
-  fn = _jit_prune if jit else _distribution.prune_masks
+  fn = _jit_prune if jit else _masks.select_masks
   for ties in [True, False][: None if jit else 1]:
     shapes = [(5, 7), (3,), (2, 3, 4), (1, 1)]
     leaves = _leaves(rng, shapes, [jnp.float32, jnp.bfloat16, jnp.float32, jnp.float16], ties)
     for s in [0.6, 0.0, 0.25, 0.999][: None if jit else 1]:
-      got = fn(leaves, jnp.float32(s), [None] * len(leaves), "global")
+      got = fn(leaves, jnp.float32(s), [None] * len(leaves), distribution="global")
       total = sum(x.size for x in leaves)
-      for g, e in zip(got, global_reference(leaves, reference.num_to_prune(s, total))):
+      for g, e in zip(got, reference.global_keep_masks(leaves, reference.num_to_prune(s, total))):
         np.testing.assert_array_equal(np.asarray(g), e)
 
 
@@ -147,44 +108,50 @@ def test_overridden_leaves_pruned_alone_and_rest_follows_distribution(distributi
   shapes = [(6, 9), (4, 4), (3, 3, 2, 5)]
   leaves = _leaves(rng, shapes, [jnp.float32] * 3, ties=False)
   s, override = 0.7, 0.25
-  got = [np.asarray(m) for m in _jit_prune(leaves, s, [None, override, None], distribution)]
+  got = [np.asarray(m) for m in _jit_prune(leaves, s, [None, override, None], distribution=distribution)]
   np.testing.assert_array_equal(
     got[1], reference.keep_mask(np.asarray(leaves[1]), reference.num_to_prune(override, 16))
   )
-  pool = [np.asarray(leaves[0]), np.asarray(leaves[2])]
+  followers = [np.asarray(leaves[0]), np.asarray(leaves[2])]
   if distribution == "uniform":
-    ks = [reference.num_to_prune(s, x.size) for x in pool]
-    expect = [reference.keep_mask(x, k) for x, k in zip(pool, ks)]
+    ks = [reference.num_to_prune(s, x.size) for x in followers]
+    expect = [reference.keep_mask(x, k) for x, k in zip(followers, ks)]
   elif distribution == "erk":
-    ks = erk_reference(s, [shapes[0], shapes[2]])
-    expect = [reference.keep_mask(x, k) for x, k in zip(pool, ks)]
+    ks = reference.erk_num_to_prune(s, [shapes[0], shapes[2]])
+    expect = [reference.keep_mask(x, k) for x, k in zip(followers, ks)]
   else:
-    expect = global_reference(pool, reference.num_to_prune(s, sum(x.size for x in pool)))
+    expect = reference.global_keep_masks(followers, reference.num_to_prune(s, sum(x.size for x in followers)))
   np.testing.assert_array_equal(got[0], expect[0])
   np.testing.assert_array_equal(got[2], expect[1])
 
 
-@st.composite
-def _cases(draw):
-  num = draw(st.integers(1, 4))
-  shapes = [tuple(draw(st.lists(st.integers(1, 9), min_size=0, max_size=3))) for _ in range(num)]
-  dtypes = [draw(st.sampled_from([jnp.float32, jnp.bfloat16, jnp.float16])) for _ in range(num)]
-  sparsity = draw(st.floats(0.0, 1.0))
-  distribution = draw(st.sampled_from(["global", "erk"]))
-  return shapes, dtypes, sparsity, distribution, draw(st.integers(0, 2**16)), draw(st.booleans())
+# Three fixed sets of leaves (one compiled function per set and distribution): mixed dtypes,
+# a scalar and size-1 leaves, and small leaves that ERK keeps dense at high sparsity.
+LEAF_SETS = [
+  ([(9, 7), (3,), (2, 3, 4), ()], [jnp.float32, jnp.bfloat16, jnp.float16, jnp.float32]),
+  ([(5, 9), (1, 1)], [jnp.bfloat16, jnp.float32]),
+  ([(8, 8), (4, 2, 3), (9,)], [jnp.float32, jnp.float16, jnp.float32]),
+]
 
 
-@settings(max_examples=10, deadline=None)
-@given(_cases())
-def test_property_distribution_masks_equal_reference(case):
-  shapes, dtypes, sparsity, distribution, seed, ties = case
+@settings(max_examples=12, deadline=None)
+@given(
+  which=st.integers(0, len(LEAF_SETS) - 1),
+  distribution=st.sampled_from(["global", "erk"]),
+  sparsity=st.floats(0.0, 1.0),
+  seed=st.integers(0, 2**16),
+  ties=st.booleans(),
+)
+def test_property_distribution_masks_equal_reference(which, distribution, sparsity, seed, ties):
+  shapes, dtypes = LEAF_SETS[which]
   leaves = _leaves(np.random.default_rng(seed), shapes, dtypes, ties)
-  got = [np.asarray(m) for m in _jit_prune(leaves, jnp.float32(sparsity), [None] * len(leaves), distribution)]
+  levels = [None] * len(leaves)
+  got = [np.asarray(m) for m in _jit_prune(leaves, jnp.float32(sparsity), levels, distribution=distribution)]
   total = sum(x.size for x in leaves)
   if distribution == "global":
-    expect = global_reference(leaves, reference.num_to_prune(sparsity, total))
+    expect = reference.global_keep_masks(leaves, reference.num_to_prune(sparsity, total))
   else:
-    ks = erk_reference(sparsity, shapes)
+    ks = reference.erk_num_to_prune(sparsity, shapes)
     expect = [reference.keep_mask(np.asarray(x), k) for x, k in zip(leaves, ks)]
   for g, e in zip(got, expect):
     np.testing.assert_array_equal(g, e)
@@ -229,9 +196,9 @@ def test_transformation_prunes_candidates_per_distribution(distribution):
     for n in names
   ]
   if distribution == "global":
-    expect = global_reference(cands, reference.num_to_prune(0.6, sum(c.size for c in cands)))
+    expect = reference.global_keep_masks(cands, reference.num_to_prune(0.6, sum(c.size for c in cands)))
   else:
-    ks = erk_reference(0.6, [c.shape for c in cands])
+    ks = reference.erk_num_to_prune(0.6, [c.shape for c in cands])
     expect = [reference.keep_mask(c, k) for c, k in zip(cands, ks)]
   masks = cyclax.get_masks(state)
   for n, e in zip(names, expect):
@@ -275,7 +242,7 @@ def test_traced_sparsity_under_inject_hyperparams():
     masks = cyclax.get_masks(state)
     names = ["conv", "dense", "embed"]
     got = [int((~masks[n]["kernel"]).sum()) for n in names]
-    assert got == erk_reference(s, [params[n]["kernel"].shape for n in names])
+    assert got == reference.erk_num_to_prune(s, [params[n]["kernel"].shape for n in names])
 
 
 def test_bad_arguments_raise_clear_errors():
@@ -298,3 +265,80 @@ def test_bad_arguments_raise_clear_errors():
   tx = cyclax.magnitude_prune(0.5, overrides=lambda path, leaf: 2.0)
   with pytest.raises(ValueError, match="must lie in"):
     tx.init(_params())
+
+
+# ---------------------------------------------------------------------------
+# The dispatcher on its own: patterns, blocks over a mapped axis, bad combinations
+# ---------------------------------------------------------------------------
+
+
+def test_select_masks_with_a_pattern_equals_the_group_reference():
+  rng = np.random.default_rng(14)
+  leaves = [
+    jnp.asarray(rng.integers(-3, 4, size=(8, 6)) * 0.5, jnp.float32),
+    jnp.asarray(rng.standard_normal((4, 3)), jnp.bfloat16),
+  ]
+  got = _masks.select_masks(leaves, jnp.float32(0.4), [None, None], pattern=(2, 4), pattern_axis=0)
+  for x, m in zip(leaves, got):
+    np.testing.assert_array_equal(np.asarray(m), reference.nm_keep_mask(np.asarray(x), 0.4, 2, 4, 0))
+
+
+def _expected_masks(whole, level, override, distribution):
+  """References for three leaves: the first two follow ``distribution``, the third is overridden."""
+  followers = whole[:2]
+  if distribution == "global":
+    expect = reference.global_keep_masks(
+      followers, reference.num_to_prune(level, sum(x.size for x in followers))
+    )
+  else:
+    ks = [reference.num_to_prune(level, x.size) for x in followers]
+    if distribution == "erk":
+      ks = reference.erk_num_to_prune(level, [x.shape for x in followers])
+    expect = [reference.keep_mask(x, k) for x, k in zip(followers, ks)]
+  return expect + [reference.keep_mask(whole[2], reference.num_to_prune(override, whole[2].size))]
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "global", "erk"])
+def test_select_masks_on_blocks_over_a_mapped_axis_equal_the_whole_leaves(distribution):
+  # Two blocks per leaf along a vmapped axis: leaf 0 split by rows, leaf 1 replicated, leaf 2
+  # split by columns and overridden. Integer-valued leaves tie at every threshold.
+  rng = np.random.default_rng(15)
+  whole = [
+    (rng.integers(-3, 4, size=(8, 6)) * 0.5).astype(np.float32),
+    rng.standard_normal((4, 4)).astype(np.float32),
+    rng.integers(-2, 3, size=(6, 4)).astype(np.float32),
+  ]
+  dims = [0, None, 1]
+  blocks = [np.stack(np.split(whole[0], 2, 0)), np.stack([whole[1]] * 2), np.stack(np.split(whole[2], 2, 1))]
+  level, override = 0.6, 0.25
+
+  def local(*candidates):
+    levels = [None, None, jnp.float32(override)]
+    return _masks.select_masks(
+      list(candidates),
+      jnp.float32(level),
+      levels,
+      distribution=distribution,
+      axis_name="i",
+      sharded_dims=dims,
+    )
+
+  got = [np.asarray(m) for m in jax.jit(jax.vmap(local, axis_name="i"))(*blocks)]
+  np.testing.assert_array_equal(got[1][0], got[1][1])  # a replicated leaf gets one mask everywhere
+  joined = [np.concatenate(list(got[0]), 0), got[1][0], np.concatenate(list(got[2]), 1)]
+  for g, e in zip(joined, _expected_masks(whole, level, override, distribution)):
+    np.testing.assert_array_equal(g, e)
+
+
+def test_select_masks_rejects_bad_combinations():
+  leaves = [jnp.ones((4, 4))]
+  with pytest.raises(ValueError, match="pattern"):
+    _masks.select_masks(leaves, 0.5, [None], distribution="global", pattern=(2, 4))
+  with pytest.raises(ValueError, match="pattern"):
+    _masks.select_masks(leaves, 0.5, [0.25], pattern=(2, 4))
+  with pytest.raises(ValueError, match="axis_name"):
+    _masks.select_masks(leaves, 0.5, [None], pattern=(2, 4), axis_name="x")
+  with pytest.raises(ValueError, match="leaf_levels"):
+    _masks.select_masks(leaves, 0.5, [None, None])
+  with pytest.raises(ValueError, match="`distribution` must be one of"):
+    _masks.select_masks(leaves, 0.5, [None], distribution="ERK")

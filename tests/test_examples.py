@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import reference
+
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 
 
@@ -52,6 +54,10 @@ def test_digits_quick_writes_finite_results_and_plots(tmp_path):
         assert flat and all(math.isfinite(v) for v in flat), (method, key)
       accs = _flatten(entry["final_acc"])
       assert all(0.0 <= a <= 1.0 for a in accs)
+    for key in ("survival", "regrown_share", "dist_cycle1", "dist_prev_end", "regrown_at_refresh"):
+      values = _flatten(res["methods"]["cyclical"][key])
+      assert values and all(0.0 <= v <= 1.0 for v in values), key
+  assert "cycle by cycle" in (tmp_path / "digits.md").read_text()
 
 
 def _flatten(x) -> list[float]:
@@ -68,13 +74,35 @@ def _run_plain(*args: str, env: dict | None = None) -> str:
   return result.stdout
 
 
-def test_quickstart_prunes_every_kernel_to_the_target():
+def test_quickstart_shows_the_drop_at_each_cycle_start_and_prunes_kernels_to_the_target():
   out = _run_plain(os.path.join(EXAMPLES, "quickstart.py"))
+  rows = [
+    (int(step), int(cycle), float(sparsity), float(acc), "cycle start" in rest)
+    for step, cycle, sparsity, acc, rest in re.findall(
+      r"^\s*(\d+)\s+(\d+)\s+(\d\.\d+)\s+(\d\.\d+)(.*)$", out, re.M
+    )
+  ]
+  # The first and the last step of each of the 3 cycles of 200 steps.
+  assert [(step, cycle, start) for step, cycle, _, _, start in rows] == [
+    (1, 1, True),
+    (200, 1, False),
+    (201, 2, True),
+    (400, 2, False),
+    (401, 3, True),
+    (600, 3, False),
+  ]
+  sparsity = [s for _, _, s, _, _ in rows]
+  # Kernels of 32x256, 256x256 and 256x10 entries: the exact counts at 0, 0.45 (cycle starts) and 0.9.
+  sizes = [32 * 256, 256 * 256, 256 * 10]
+  at = lambda s: sum(reference.num_to_prune(s, n) for n in sizes) / sum(sizes)
+  expected = [at(0.0), at(0.9), at(0.45), at(0.9), at(0.45), at(0.9)]
+  assert all(abs(got - want) < 1e-3 for got, want in zip(sparsity, expected)), sparsity
+  accuracy = [a for _, _, _, a, _ in rows]
+  assert all(0.0 <= a <= 1.0 for a in accuracy) and accuracy[-1] > 0.5  # 10 classes: chance is about 0.1
   kernels = re.findall(r"dense\d/kernel\s+(\d\.\d+)", out)
   biases = re.findall(r"dense\d/bias\s+(\d\.\d+)", out)
   assert len(kernels) == 3 and all(abs(float(k) - 0.9) < 1e-3 for k in kernels)
   assert len(biases) == 3 and all(float(b) < 0.5 for b in biases)
-  assert all(math.isfinite(v) for v in _numbers(out))
 
 
 def test_distributed_train_quick_runs_on_eight_host_devices():
@@ -92,3 +120,53 @@ def test_moment_reset_quick_prints_a_finite_comparison():
   values = _numbers("\n".join(rows))
   assert values and all(math.isfinite(v) for v in values)
   assert "paired test-accuracy difference" in out
+
+
+def test_channels_quick_shrinks_the_channel_pruned_mlp_without_changing_it(tmp_path):
+  _run("channels.py", str(tmp_path))
+  table = (tmp_path / "channels.md").read_text()
+  rows = {
+    line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+    for line in table.splitlines()
+    if re.match(r"\| (dense|masked|shrunk) \|", line)
+  }
+  assert set(rows) == {"dense", "masked", "shrunk"}
+  # the masked and the shrunk model are the same network: same accuracy, fewer stored params
+  assert rows["masked"][0] == rows["shrunk"][0] and 0.0 <= float(rows["shrunk"][0]) <= 100.0
+  stored = {name: int(row[2].replace(",", "")) for name, row in rows.items()}
+  assert stored["shrunk"] < stored["masked"] == stored["dense"]
+  widths = [int(w) for w in rows["shrunk"][1].split(" / ")]
+  assert all(0 < w < int(rows["dense"][1].split(" / ")[0]) for w in widths)
+  times = [float(row[4]) for row in rows.values()]
+  assert all(math.isfinite(t) and t > 0 for t in times)
+  gap = float(re.search(r"masked and the shrunk model on the test set: (\S+)\.\n", table).group(1))
+  assert gap < 1e-4
+
+
+def test_mnist1d_quick_writes_finite_results_tables_and_plots(tmp_path):
+  _run("mnist1d.py", str(tmp_path))
+  for name in ("mnist1d.md", "mnist1d_accuracy.png", "mnist1d_regrowth.png", "mnist1d_schedules.png"):
+    assert (tmp_path / name).stat().st_size > 0, name
+  with open(tmp_path / "mnist1d.json") as f:
+    data = json.load(f)
+  results = data["results"]
+  methods = {label.split("/")[0] for label in results if label != "dense"}
+  assert {"one-shot", "gradual", "cyclical", "no-drop"} <= methods
+  targets = data["config"]["sparsities"]
+  seeds = data["config"]["seeds"]
+  for label, entry in results.items():
+    if label == "dense":
+      assert len(entry["acc"]) == seeds and all(0.0 <= a <= 1.0 for a in entry["acc"])
+      continue
+    assert len(entry["final_acc"]) == seeds
+    assert all(0.0 <= a <= 1.0 for a in _flatten(entry["final_acc"])), label
+    for row in entry["measured_sparsity"]:
+      assert all(abs(got - want) < 0.01 for got, want in zip(row, targets)), (label, row)
+    curves = entry["mean"]
+    for key in ("acc", "regrown", "survival", "regrown_share", "dist_cycle1", "dist_prev_end"):
+      values = _flatten(curves[key])
+      assert values and all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in values), (label, key)
+  table = (tmp_path / "mnist1d.md").read_text()
+  assert "cyclical - gradual" in table and "Table 5" in table and "survival" in table
+  rows = "\n".join(line for line in table.splitlines() if line.startswith("| "))
+  assert all(math.isfinite(v) for v in _numbers(rows))

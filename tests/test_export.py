@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import reference
 from jax.experimental import sparse
 
 import cyclax
@@ -67,7 +68,7 @@ def test_to_bcoo_stores_exactly_the_kept_entries(run, source):
       value = np.asarray(dense[name])
       np.testing.assert_array_equal(np.asarray(leaf.indices), np.argwhere(mask))
       np.testing.assert_array_equal(np.asarray(leaf.data), value[mask])
-      assert leaf.nse == mask.sum() == mask.size - round(0.7 * mask.size)
+      assert leaf.nse == mask.sum() == mask.size - reference.num_to_prune(0.7, mask.size)
       np.testing.assert_array_equal(np.asarray(leaf.todense()), value)
     else:
       assert leaf is dense[name]
@@ -167,3 +168,117 @@ def test_mismatched_masks_raise_value_error(run):
   bad = jax.tree.map(lambda m: m.astype(jnp.int32), cyclax.get_masks(state))
   with pytest.raises(ValueError, match="bool array"):
     cyclax.to_bcoo(params, bad)
+
+
+def test_variables_containing_the_optimizer_params_export_like_numpy(run):
+  # The usual Flax layout: the optimizer is built over `variables["params"]` (TrainState.params),
+  # while the model is applied to the whole variables tree.
+  model, variables, _, x = run
+  inner = variables["params"]
+  tx = optax.chain(optax.sgd(0.5), cyclax.magnitude_prune(0.6, update_every=1))
+  state = tx.init(inner)
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.25), inner)
+  updates, state = jax.jit(tx.update)(grads, state, inner)
+  inner = optax.apply_updates(inner, updates)
+  batch_stats = {"mean": jnp.ones((3, 4))}  # another collection, 2-D: stays dense
+  full = {"params": inner, "batch_stats": batch_stats}
+  masks = flat(cyclax.get_masks(state))
+
+  exported = cyclax.to_bcoo(full, state)
+  assert exported["batch_stats"]["mean"] is batch_stats["mean"]
+  for name, value in flat(inner).items():
+    leaf = flat(exported["params"])[name]
+    if name.endswith("kernel"):
+      mask = np.asarray(masks[name])
+      value = np.asarray(value)
+      assert mask.sum() == mask.size - reference.num_to_prune(0.6, mask.size)
+      np.testing.assert_array_equal(np.asarray(leaf.indices), np.argwhere(mask))
+      np.testing.assert_array_equal(np.asarray(leaf.data), value[mask])
+    else:
+      assert leaf is value
+  np.testing.assert_allclose(
+    np.asarray(sparse.sparsify(model.apply)({"params": exported["params"]}, x)),
+    np.asarray(model.apply({"params": inner}, x)),
+    rtol=1e-5,
+    atol=1e-6,
+  )
+
+  report = cyclax.sparse_size_report(full, state)
+  for name, value in flat(inner).items():
+    value = np.asarray(value)
+    nnz = int(np.sum(np.asarray(masks[name]))) if name.endswith("kernel") else int(np.count_nonzero(value))
+    sparse_bytes = nnz * (4 + 4 * value.ndim) if name.endswith("kernel") else value.nbytes
+    assert report[f"params/{name}"] == {"nnz": nnz, "dense_bytes": value.nbytes, "sparse_bytes": sparse_bytes}
+  assert report["batch_stats/mean"] == {"nnz": 12, "dense_bytes": 48, "sparse_bytes": 48}
+
+  edited = jax.tree.map(lambda p: p + 1.0, full)
+  stripped = cyclax.strip_pruning(edited, state)
+  np.testing.assert_array_equal(np.asarray(stripped["batch_stats"]["mean"]), 2.0)
+  for name, value in flat(edited["params"]).items():
+    mask = masks.get(name)
+    expected = np.asarray(value) if mask is None else np.where(np.asarray(mask), np.asarray(value), 0.0)
+    np.testing.assert_array_equal(np.asarray(flat(stripped["params"])[name]), expected)
+
+
+def test_masks_matching_several_subtrees_or_none_raise_value_error(run):
+  _, params, state, _ = run
+  masks = cyclax.get_masks(state)
+  twice = {"online": params, "ema": params}
+  with pytest.raises(ValueError, match="several subtrees.*'online'.*'ema'|several subtrees.*'ema'.*'online'"):
+    cyclax.to_bcoo(twice, state)
+  # Naming the subtree works.
+  assert jax.tree.structure(cyclax.to_bcoo(twice["ema"], masks), is_leaf=is_bcoo) == jax.tree.structure(
+    cyclax.to_bcoo(params, masks), is_leaf=is_bcoo
+  )
+  with pytest.raises(ValueError, match="no subtree of the params"):
+    cyclax.sparse_size_report({"other": jnp.ones((3, 3))}, state)
+  with pytest.raises(ValueError, match="no subtree of the params"):
+    cyclax.strip_pruning({"params": {"Dense_0": params["params"]["Dense_0"]}}, masks)
+
+
+def test_masks_under_optax_masked_leave_masked_out_leaves_dense():
+  rng = np.random.default_rng(5)
+  params = {"w": jnp.asarray(rng.standard_normal((6, 5)), jnp.float32), "v": jnp.ones((4, 4))}
+  inner = optax.chain(optax.sgd(0.5), cyclax.magnitude_prune(0.5, update_every=1))
+  tx = optax.masked(inner, {"w": True, "v": False})
+  state = tx.init(params)
+  updates, state = jax.jit(tx.update)(jax.tree.map(jnp.ones_like, params), state, params)
+  params = optax.apply_updates(params, updates)
+  exported = cyclax.to_bcoo(params, state)
+  assert not is_bcoo(exported["v"])
+  w = np.asarray(params["w"])
+  mask = reference.keep_mask(w, reference.num_to_prune(0.5, w.size))
+  np.testing.assert_array_equal(np.asarray(exported["w"].indices), np.argwhere(mask))
+  np.testing.assert_array_equal(np.asarray(exported["w"].data), w[mask])
+
+
+def test_flax_nnx_params_state_exports_with_the_optimizer_masks():
+  from flax import nnx
+
+  class Net(nnx.Module):
+    def __init__(self, rngs):
+      self.hidden = nnx.Linear(6, 9, rngs=rngs)
+      self.out = nnx.Linear(9, 3, rngs=rngs)
+
+    def __call__(self, x):
+      return self.out(jnp.tanh(self.hidden(x)))
+
+  model = Net(nnx.Rngs(0))
+  optimizer = nnx.Optimizer(
+    model, optax.chain(optax.adam(1e-2), cyclax.magnitude_prune(0.5, update_every=1)), wrt=nnx.Param
+  )
+  x = jax.random.normal(jax.random.key(3), (5, 6))
+  nnx.jit(lambda m, o: o.update(m, nnx.grad(lambda m: jnp.mean(m(x) ** 2))(m)))(model, optimizer)
+  params = nnx.state(model, nnx.Param)
+  exported = cyclax.to_bcoo(params, optimizer.opt_state)
+  report = cyclax.sparse_size_report(params, optimizer.opt_state)
+  for layer in ("hidden", "out"):
+    kernel = np.asarray(getattr(model, layer).kernel[...])
+    leaf = exported[layer]["kernel"][...]
+    assert is_bcoo(leaf)
+    mask = kernel != 0
+    assert mask.sum() == mask.size - reference.num_to_prune(0.5, mask.size)
+    np.testing.assert_array_equal(np.asarray(leaf.indices), np.argwhere(mask))
+    np.testing.assert_array_equal(np.asarray(leaf.data), kernel[mask])
+    assert report[f"{layer}/kernel"]["nnz"] == int(mask.sum())
+    assert not is_bcoo(exported[layer]["bias"][...])

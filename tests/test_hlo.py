@@ -12,13 +12,14 @@ import textwrap
 
 import numpy as np
 import pytest
+import reference
 
 SCRIPT = textwrap.dedent(
   """
   import json, re
   import numpy as np, jax, jax.numpy as jnp
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-  from cyclax import _select
+  from cyclax import _exact, _select
 
   assert jax.device_count() == 8
   KINDS = r"= (\\([^)]*\\)|\\S+) (all-gather|all-to-all|all-reduce|collective-permute|reduce-scatter)\\("
@@ -31,8 +32,8 @@ SCRIPT = textwrap.dedent(
   leaves = [
     jax.device_put(jnp.asarray(h, d), NamedSharding(mesh, p)) for h, d, (_, p) in zip(host, dtypes, specs)
   ]
-  ks = [_select.num_to_prune(0.7, x.size) for x in leaves]
-  k_total = _select.num_to_prune_total(0.7, [x.size for x in leaves])
+  ks = [_exact.num_to_prune(0.7, x.size) for x in leaves]
+  k_total = _exact.num_to_prune_total(0.7, [x.size for x in leaves])
   refreshes = {
     "per_leaf": jax.jit(lambda ls: _select.prune_masks(ls, ks)),
     "global": jax.jit(lambda ls: _select.global_prune_masks(ls, k_total)),
@@ -85,14 +86,6 @@ def _elements(shape: str) -> int:
   return total
 
 
-def _reference(leaves, k):
-  flat = np.concatenate([np.abs(np.asarray(x)).ravel() for x in leaves])
-  order = np.lexsort((np.arange(flat.size), flat))
-  keep = np.ones(flat.size, bool)
-  keep[order[:k]] = False
-  return keep
-
-
 @pytest.fixture(scope="module")
 def facts():
   return _run()
@@ -100,13 +93,11 @@ def facts():
 
 def _check_masks(facts, per_leaf, global_):
   host = [np.asarray(x, np.float32) for x in facts["host"]]
-  # Rounding rule: floor(s' * n + 1/2) with s' on a 2**-24 grid.
-  fixed = int(np.round(np.float32(0.7) * np.float32(2**24)))
   for x, m in zip(host, facts[per_leaf]["masks"]):
-    np.testing.assert_array_equal(np.asarray(m).ravel(), _reference([x], (fixed * x.size + 2**23) >> 24))
-  k_total = (fixed * sum(x.size for x in host) + 2**23) >> 24
-  got = np.concatenate([np.asarray(m).ravel() for m in facts[global_]["masks"]])
-  np.testing.assert_array_equal(got, _reference(host, k_total))
+    np.testing.assert_array_equal(np.asarray(m), reference.keep_mask(x, reference.num_to_prune(0.7, x.size)))
+  k_total = reference.num_to_prune(0.7, sum(x.size for x in host))
+  for m, r in zip(facts[global_]["masks"], reference.global_keep_masks(host, k_total)):
+    np.testing.assert_array_equal(np.asarray(m), r)
 
 
 def test_jit_sharded_refresh_exchanges_only_a_few_int32_counts(facts):

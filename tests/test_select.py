@@ -1,4 +1,4 @@
-"""The selection kernel (`cyclax._select`) against a NumPy stable-argsort reference."""
+"""Per-leaf selection (`cyclax._select.prune_masks`) against a NumPy stable-argsort reference."""
 
 import os
 import subprocess
@@ -13,8 +13,7 @@ import reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import cyclax
-from cyclax import _select
+from cyclax import _keys, _select
 
 DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
 SHAPES = [(), (1,), (7,), (3, 5), (2, 3, 5), (2, 1, 3, 3)]
@@ -36,9 +35,9 @@ def _values(rng, shape, kind, dtype):
     x = rng.integers(-2, 3, size=shape).astype(np.float64)
   else:
     x = rng.standard_normal(shape)
-    pool = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0])
+    specials = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0])
     pick = rng.random(shape) < 0.5
-    x = np.where(pick, rng.choice(pool, size=shape), x)
+    x = np.where(pick, rng.choice(specials, size=shape), x)
   return jnp.asarray(np.asarray(x), dtype)
 
 
@@ -91,18 +90,20 @@ def test_all_equal_entries_prune_lowest_row_major_indices_first():
 
 def test_nan_ranks_above_infinity_and_is_kept():
   x = jnp.array([[np.nan, np.inf, 0.5], [-np.inf, np.nan, -2.0]], jnp.float32)
-  (mask,) = _masks([x], [4], jit=True)
-  # The four non-NaN entries go first (smallest |x| first), both NaNs survive.
-  np.testing.assert_array_equal(mask, [[True, False, False], [False, True, False]])
-  (mask,) = _masks([x], [5], jit=True)
-  np.testing.assert_array_equal(mask, [[False, False, False], [False, True, False]])
+  nan = np.isnan(np.asarray(x))
+  for k in range(x.size + 1):
+    (mask,) = _masks([x], [k], jit=True)
+    np.testing.assert_array_equal(mask, reference.keep_mask(np.asarray(x), k))
+    # The four non-NaN entries go first; then the NaNs, lowest index first.
+    assert np.all(mask[nan]) == (k <= int((~nan).sum()))
+    assert np.all(~mask[~nan]) == (k >= int((~nan).sum()))
 
 
 def test_score_bits_order_like_magnitude_with_nan_on_top():
   rng = np.random.default_rng(3)
   for dtype in DTYPES:
     x = np.asarray(_values(rng, (300,), "special", dtype)).astype(np.float64)
-    bits = np.asarray(_select.score_bits(jnp.asarray(x, dtype))).astype(np.int64)
+    bits = np.asarray(_keys.score_bits(jnp.asarray(x, dtype))).astype(np.int64)
     nan = np.isnan(x)
     mag = np.where(nan, 0.0, np.abs(x))
     # Lexicographic (is NaN, |x|) order, every NaN equal.
@@ -114,7 +115,7 @@ def test_score_bits_order_like_magnitude_with_nan_on_top():
 
 def test_score_bits_rejects_integer_scores():
   with pytest.raises(TypeError, match="floating"):
-    _select.score_bits(jnp.arange(4))
+    _keys.score_bits(jnp.arange(4))
 
 
 def test_traced_k_compiles_once_and_matches_eager():
@@ -156,56 +157,6 @@ def test_kernel_has_no_sort_top_k_or_flattening_reshape():
         assert v.aval.ndim != 1 or v.aval.size < 6 * 7, f"a leaf is flattened: {e}"
 
 
-# num_to_prune: the rounding rule, exact against Python integers.
-
-EDGE_SPARSITIES = [0.0, 1.0, 0.5, 0.25, 1 / 3, 0.9, 0.99, 1 - 2**-24, 2**-24, 2**-25, 3 * 2**-25, -0.5, 1.5]
-EDGE_SIZES = [0, 1, 2, 3, 7, 1000, 2**12 - 1, 2**12, 2**24 - 1, 2**24, 2**24 + 1, 2**30 + 12345, 2**31 - 1]
-
-
-@pytest.mark.parametrize("jit", [True, False])
-def test_num_to_prune_equals_python_integer_rule(jit):
-  rng = np.random.default_rng(2)
-  sizes = (
-    EDGE_SIZES + [int(n) for n in rng.integers(0, 2**31, size=6)] + [int(n) for n in rng.integers(0, 5000, 4)]
-  )
-  sparsities = np.concatenate([np.array(EDGE_SPARSITIES), rng.random(60)]).astype(np.float32)
-  for n in sizes:
-    fn = (
-      (lambda s, n=n: cyclax.num_to_prune(s, n))
-      if not jit
-      else jax.jit(lambda s, n=n: cyclax.num_to_prune(s, n))
-    )
-    got = np.asarray(fn(jnp.asarray(sparsities)))
-    expected = np.array([reference.num_to_prune(float(s), n) for s in sparsities])
-    np.testing.assert_array_equal(got, expected, err_msg=f"size {n}")
-    assert got.dtype == np.int32
-    assert np.all((0 <= got) & (got <= n))
-
-
-def test_num_to_prune_rounds_half_up_at_exact_halves():
-  # s * n = m + 1/2 exactly: floor(s * n + 1/2) = m + 1.
-  assert int(cyclax.num_to_prune(0.5, 3)) == 2
-  assert int(cyclax.num_to_prune(0.5, 1)) == 1
-  assert int(cyclax.num_to_prune(0.25, 6)) == 2
-  assert int(cyclax.num_to_prune(0.125, 4)) == 1
-
-
-@pytest.mark.parametrize("size", [-1, 2**31])
-def test_num_to_prune_rejects_sizes_outside_int32(size):
-  with pytest.raises(ValueError, match="size"):
-    cyclax.num_to_prune(0.5, size)
-
-
-def test_num_to_prune_matches_float64_product_for_small_sizes():
-  # For sizes below 2**24 the rule is round-half-up of s_q * n with s_q the quantised sparsity.
-  rng = np.random.default_rng(9)
-  s = rng.random(200).astype(np.float32)
-  for n in [5, 97, 1 << 20]:
-    s_q = np.round(s.astype(np.float64) * 2**24) / 2**24
-    expected = np.floor(s_q * n + 0.5).astype(np.int64)
-    np.testing.assert_array_equal(np.asarray(cyclax.num_to_prune(jnp.asarray(s), n)), expected)
-
-
 # Property test over shapes, dtypes, tie patterns and k.
 
 
@@ -213,11 +164,11 @@ def test_num_to_prune_matches_float64_product_for_small_sizes():
 def _cases(draw):
   shape = tuple(draw(st.lists(st.integers(1, 4), min_size=0, max_size=3)))
   dtype = draw(st.sampled_from(DTYPES))
-  pool = draw(st.sampled_from(["ties", "special", "normal"]))
+  kind = draw(st.sampled_from(["ties", "special", "normal"]))
   seed = draw(st.integers(0, 2**32 - 1))
   n = int(np.prod(shape, dtype=np.int64))
   k = draw(st.integers(0, n))
-  return shape, dtype, pool, seed, k
+  return shape, dtype, kind, seed, k
 
 
 _jit_masks = jax.jit(lambda x, k: _select.prune_masks([x], [k])[0])
@@ -226,8 +177,8 @@ _jit_masks = jax.jit(lambda x, k: _select.prune_masks([x], [k])[0])
 @settings(max_examples=15, deadline=None)
 @given(_cases())
 def test_property_masks_equal_reference(case):
-  shape, dtype, pool, seed, k = case
-  x = _values(np.random.default_rng(seed), shape, pool, dtype)
+  shape, dtype, kind, seed, k = case
+  x = _values(np.random.default_rng(seed), shape, kind, dtype)
   mask = np.asarray(_jit_masks(x, jnp.int32(k)))
   np.testing.assert_array_equal(mask, reference.keep_mask(np.asarray(x), k))
 

@@ -1,7 +1,7 @@
 """Why the kernel counts with one variadic reduce, and what that costs under sharded jit.
 
 Usage:
-  python benchmarks/count_reduction.py --repeats 7
+  python benchmarks/studies/count_reduction.py --repeats 7
 
 Every pass of the selection kernel counts how many entries lie below three
 thresholds. Four ways to write those three counts are compared:
@@ -82,6 +82,7 @@ def main():
     _collectives()
     return
 
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/_common.py
   import _common
   import jax
   import jax.numpy as jnp
@@ -99,7 +100,11 @@ def main():
 
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
   child = subprocess.run(
-    [sys.executable, __file__, "--child"], env=env, capture_output=True, text=True, check=True
+    [sys.executable, os.path.abspath(__file__), "--child"],
+    env=env,
+    capture_output=True,
+    text=True,
+    check=True,
   )
   collectives = json.loads(child.stdout.strip().splitlines()[-1])
 

@@ -1,7 +1,7 @@
 """How many passes over a leaf would other exact search strategies need?
 
 Usage:
-  python benchmarks/search_passes.py
+  python benchmarks/studies/search_passes.py
 
 A NumPy model of the selection search (no JAX, no timing): a pass counts the
 entries at or below three thresholds, as one variadic reduce does in
