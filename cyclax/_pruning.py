@@ -314,7 +314,6 @@ def cyclical_prune(
   """
   shared = {name: value for name, value in locals().items() if name in _SHARED}
   _validation.check_sparsity("target_sparsity", target_sparsity, allow_full=allow_full_sparsity)
-  _validation.check_schedule_length(num_cycles, cycle_steps)
   schedule = _schedules.cyclical_sparsity_schedule(
     target_sparsity,
     num_cycles=num_cycles,

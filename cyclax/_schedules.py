@@ -260,8 +260,7 @@ def cyclical_sparsity_schedule(
   """
   _check_ramp(ramp)
   _validation.check_sparsity("target_sparsity", target_sparsity, allow_full=True)
-  _validation.check_positive_int("num_cycles", num_cycles)
-  _validation.check_positive_int("cycle_steps", cycle_steps)
+  _validation.check_schedule_length(num_cycles, cycle_steps)
   _validation.check_fraction("ramp_fraction", ramp_fraction)
   if initial_sparsity is None:
     # Half the target; a Python float when the target is concrete, so that building the schedule

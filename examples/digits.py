@@ -273,16 +273,25 @@ def run_model(name: str, data, cfg: Config, progress: tqdm) -> dict:
       shape = (cfg.seeds, num_s, -1)
       entry = {
         "final_acc": np.asarray(curves["acc"][:, -1]).reshape(cfg.seeds, num_s).tolist(),
-        "acc_curve": np.asarray(curves["acc"]).reshape(shape).tolist(),
         "measured_sparsity": np.asarray(zeros).reshape(cfg.seeds, num_s).tolist(),
       }
-      for key, values in curves.items():
-        if key != "acc":
-          entry[key] = np.asarray(values).reshape(shape).tolist()
-      out["methods"][method] = entry
+      out["methods"][method] = entry | compact_curves(
+        {k: np.asarray(v).reshape(shape) for k, v in curves.items()}, cycle_stats=method == "cyclical"
+      )
       progress.update(1)
     results[opt] = out
   return results
+
+
+def compact_curves(curves: dict, cycle_stats: bool) -> dict:
+  """The per-interval curves the JSON keeps, rounded to 6 decimals (for the figures and the cycle table).
+
+  ``acc`` is saved as ``acc_curve``; the ``_mask_history`` statistics only when ``cycle_stats``.
+  """
+  keep = {"acc_curve": curves["acc"], "regrown": curves["regrown"]}
+  if cycle_stats:
+    keep |= {k: v for k, v in curves.items() if k not in ("acc", "regrown")}
+  return {k: np.round(np.asarray(v, np.float64), 6).tolist() for k, v in keep.items()}
 
 
 def optimizer_name(opt: str) -> str:
