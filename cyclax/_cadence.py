@@ -5,9 +5,10 @@ The default cadence refreshes at step ``t`` (the state's ``count``) when
 - ``t % update_every == 0``, or
 - the sparsity schedule drops at ``t``: ``s(t) < s(t - 1)`` (a cycle start), so
   that weights can grow back at exactly that step, or
-- a change of the schedule ends at ``t``: ``s(t) != s(t - 1)`` and
-  ``s(t + 1) == s(t)`` (the end of a ramp, a one-shot jump), so that the level
-  the schedule settles at is applied at once.
+- the schedule settles at ``t``: it reaches a level that it then holds (the end
+  of a ramp, a one-shot or step jump), so that this level is applied at once.
+  cyclax's schedules say where with a ``settles_at(count) -> bool`` attribute; a
+  schedule of your own can carry one too.
 
 So a cyclical run of ``num_cycles * cycle_steps`` steps ends exactly at the
 target and every cycle start lowers the sparsity at that step, whatever
@@ -56,14 +57,14 @@ def on_cadence(count: jax.Array, update_every: Any) -> jax.Array:
 
 
 def schedule_turns(schedule: Callable[[jax.Array], Any], count: jax.Array) -> jax.Array:
-  """True where the schedule drops, or where a change of it ends (see the module docstring)."""
+  """True where the schedule drops, or where it settles (see the module docstring)."""
   count = jnp.asarray(count, jnp.int32)
   previous = sparsity_at(schedule, jnp.maximum(count, 1) - 1)
-  current = sparsity_at(schedule, count)
-  following = sparsity_at(schedule, jnp.minimum(count, _validation.INT32_MAX - 1) + 1)
-  drops = current < previous
-  settles = jnp.logical_and(current != previous, following == current)
-  return jnp.logical_and(count > 0, jnp.logical_or(drops, settles))
+  turns = sparsity_at(schedule, count) < previous
+  settles_at = getattr(schedule, "settles_at", None)
+  if settles_at is not None:
+    turns = jnp.logical_or(turns, jnp.asarray(settles_at(count), jnp.bool_))
+  return jnp.logical_and(count > 0, turns)
 
 
 def refresh_due(sparsity: optax.ScalarOrSchedule, update_every: Any, count: jax.Array) -> jax.Array:

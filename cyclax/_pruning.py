@@ -64,9 +64,11 @@ def magnitude_prune(
 
   When the masks are refreshed (the default cadence): at every step ``t``
   with ``t % update_every == 0``, and also where the sparsity schedule drops
-  (a cycle start) or where a change of it ends (the end of a ramp), so that a
-  cyclical run of ``num_cycles * cycle_steps`` steps ends exactly at the target
-  whatever ``update_every`` is. :meth:`PruningTransformation.refresh_due` gives
+  (``s(t) < s(t - 1)``, a cycle start) or settles (the end of a ramp, a one-shot
+  jump: cyclax's schedules declare these steps with a ``settles_at(count)``
+  attribute, which a schedule of your own may carry too), so that a cyclical
+  run of ``num_cycles * cycle_steps`` steps ends exactly at the target whatever
+  ``update_every`` is (with ``ramp_fraction < 1``). :meth:`PruningTransformation.refresh_due` gives
   the rule on the host, and ``update(..., refresh_masks=True/False)`` decides
   statically (see :class:`PruningTransformation`).
 

@@ -16,6 +16,7 @@ ramp's first step on. No traced value gives NaN or a ramp that runs backwards.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal, Optional
 
 import jax
@@ -55,6 +56,16 @@ def _step_ramp(start: jax.Array, end: jax.Array, jumped: jax.Array) -> jax.Array
 
 def _is_concrete(*values: ArrayLike) -> bool:
   return all(_validation.is_concrete(v) for v in values)
+
+
+def _settling(schedule: optax.Schedule, settles_at: Callable[[jax.Array], jax.Array]) -> optax.Schedule:
+  """Attaches ``settles_at``: ``count -> bool``, True where the schedule reaches a level it then holds.
+
+  :func:`cyclax.magnitude_prune` refreshes the masks at those steps (the end of a
+  ramp, a jump), besides every ``update_every`` steps and where the sparsity drops.
+  """
+  schedule.settles_at = settles_at  # type: ignore[attr-defined]
+  return schedule
 
 
 def _sparsity_value(value: ArrayLike) -> jax.Array:
@@ -122,7 +133,7 @@ def one_shot_sparsity_schedule(target_sparsity: ArrayLike, prune_step: int = 0) 
     target = _sparsity_value(target_sparsity)
     return jnp.where(jnp.asarray(count) >= prune_step, target, jnp.zeros_like(target))
 
-  return schedule
+  return _settling(schedule, lambda count: jnp.asarray(count) == prune_step)
 
 
 def gradual_sparsity_schedule(
@@ -198,7 +209,13 @@ def gradual_sparsity_schedule(
     shape = _cubic_ramp if ramp == "cubic" else _linear_ramp
     return shape(start, target, progress)
 
-  return schedule
+  def settles_at(count: ArrayLike) -> jax.Array:
+    count = jnp.asarray(count, jnp.int32)
+    if ramp == "step":  # the jump: the first step at or past half of the ramp
+      return count == begin_step + (jnp.maximum(end_step - begin_step, 0) + 1) // 2
+    return count == jnp.maximum(end_step, begin_step)
+
+  return _settling(schedule, settles_at)
 
 
 def cyclical_sparsity_schedule(
@@ -282,6 +299,7 @@ def cyclical_sparsity_schedule(
     num_cycles, cycle_steps = int(num_cycles), int(cycle_steps)
     ramp_steps = float(ramp_fraction) * cycle_steps
     ramp_exists = True
+    ramp_end = int(np.ceil(np.float32(ramp_steps)))  # the first tau with tau / ramp_steps >= 1
   else:
     # Traced values cannot be checked: clip them into range (see the module docstring).
     num_cycles = jnp.maximum(jnp.asarray(num_cycles, jnp.int32), 1)
@@ -289,6 +307,7 @@ def cyclical_sparsity_schedule(
     fraction = jnp.clip(jnp.asarray(ramp_fraction, jnp.float32), 0.0, 1.0)
     ramp_steps = fraction * cycle_steps.astype(jnp.float32)
     ramp_exists = ramp_steps > 0.0
+    ramp_end = jnp.ceil(ramp_steps).astype(jnp.int32)
     ramp_steps = jnp.where(ramp_exists, ramp_steps, 1.0)
 
   def schedule(count: ArrayLike) -> jax.Array:
@@ -309,7 +328,17 @@ def cyclical_sparsity_schedule(
       value = (_cubic_ramp if ramp == "cubic" else _linear_ramp)(start, target, progress)
     return jnp.where(cycle >= num_cycles, target, value)
 
-  return schedule
+  def settles_at(count: ArrayLike) -> jax.Array:
+    # Inside each cycle: the ramp's end (or the step's jump). A ramp that fills the whole cycle ends
+    # where the next cycle starts, so the last one settles when the schedule starts to hold.
+    count = jnp.asarray(count, jnp.int32)
+    cycle = count // cycle_steps
+    tau = count - cycle * cycle_steps
+    end = (cycle_steps + 1) // 2 if ramp == "step" else ramp_end
+    inside = (cycle < num_cycles) & (tau == end) & (end < cycle_steps)
+    return inside | ((count == num_cycles * cycle_steps) & (end >= cycle_steps))
+
+  return _settling(schedule, settles_at)
 
 
 def periodic(schedule: optax.Schedule, period: int, num_periods: Optional[int] = None) -> optax.Schedule:
@@ -350,12 +379,18 @@ def periodic(schedule: optax.Schedule, period: int, num_periods: Optional[int] =
       int(num_periods) if _is_concrete(num_periods) else jnp.maximum(jnp.asarray(num_periods, jnp.int32), 1)
     )
 
-  def periodic_schedule(count: ArrayLike) -> jax.Array:
+  def local_count(count: ArrayLike) -> jax.Array:
     count = jnp.maximum(jnp.asarray(count, jnp.int32), 0)
     local = count % period
     if num_periods is not None:
       last_start = (num_periods - 1) * period
       local = jnp.where(count >= last_start, count - last_start, local)
-    return schedule(local)
+    return local
 
-  return periodic_schedule
+  def periodic_schedule(count: ArrayLike) -> jax.Array:
+    return schedule(local_count(count))
+
+  inner = getattr(schedule, "settles_at", None)
+  if inner is None:
+    return periodic_schedule
+  return _settling(periodic_schedule, lambda count: inner(local_count(count)))

@@ -52,10 +52,10 @@ class PruningTransformation(optax.GradientTransformationExtraArgs):
     """Whether the default path refreshes the masks at this count (computed on the host).
 
     The rule: ``step % update_every == 0``, or the sparsity schedule drops at
-    ``step`` (``s(step) < s(step - 1)``, a cycle start), or a change of the
-    schedule ends there (``s(step) != s(step - 1)`` and ``s(step + 1) ==
-    s(step)``, e.g. the end of a ramp). The schedule is evaluated on the host's
-    CPU, compiled once.
+    ``step`` (``s(step) < s(step - 1)``, a cycle start), or the schedule
+    settles there (reaches a level that it then holds: the end of a ramp, a
+    jump; cyclax's schedules declare it with a ``settles_at`` attribute). The
+    schedule is evaluated on the host's CPU, compiled once.
 
     Args:
       step: the pruning state's count before the update: the number of

@@ -114,15 +114,37 @@ def gradual_sparsity(step: int, target: float, begin: int, end: int, initial: fl
   return cubic_ramp(initial, target, (step - begin) / (end - begin))
 
 
-def refresh_due(sparsity: Callable[[int], float], update_every: int, t: int) -> bool:
-  """The documented cadence: every ``update_every`` steps, where the schedule drops, and where a change ends.
+def refresh_due(
+  sparsity: Callable[[int], float], update_every: int, t: int, settles: Sequence[int] = ()
+) -> bool:
+  """The documented cadence: every ``update_every`` steps, where the schedule drops, and where it settles.
 
-  Cadence is tested only on schedules whose float values are exact enough that float32 and float64 agree.
+  ``settles`` are the steps where the schedule reaches a level that it then holds (see the
+  ``*_settle_steps`` functions below).
   """
-  if t % update_every == 0:
+  if t % update_every == 0 or t in settles:
     return True
-  previous, current, following = sparsity(t - 1), sparsity(t), sparsity(t + 1)
-  return current < previous or (current != previous and following == current)
+  return sparsity(t) < sparsity(t - 1)
+
+
+def cyclical_settle_steps(
+  num_cycles: int, cycle_steps: int, ramp_fraction: float, ramp: str = "cubic"
+) -> set[int]:
+  """Where the cyclical schedule settles: each ramp's end (a step ramp's jump), inside its cycle.
+
+  The ramp ends at the first ``tau`` with ``tau >= ramp_fraction * cycle_steps`` (for "step": with
+  ``2 * tau >= cycle_steps``); a ramp that fills the whole cycle settles when the schedule starts to
+  hold the target after the last cycle.
+  """
+  end = (cycle_steps + 1) // 2 if ramp == "step" else int(np.ceil(np.float32(ramp_fraction * cycle_steps)))
+  if end >= cycle_steps:
+    return {num_cycles * cycle_steps}
+  return {c * cycle_steps + end for c in range(num_cycles)}
+
+
+def gradual_settle_steps(begin: int, end: int, ramp: str = "cubic") -> set[int]:
+  """Where the gradual schedule settles: ``end`` (a step ramp: its jump half way)."""
+  return {begin + (end - begin + 1) // 2} if ramp == "step" else {end}
 
 
 def tv_pgd(
@@ -133,8 +155,12 @@ def tv_pgd(
   update_every: int,
   num_steps: int,
   pruned: Sequence[str],
+  settles: Sequence[int] = (),
 ) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
   """The paper's Algorithm 1 with plain SGD, step by step, in NumPy.
+
+  Masks are refreshed on the documented cadence (:func:`refresh_due`, with the
+  schedule's ``settles`` steps).
 
   Returns the params after every step and the masks used at every step. Arrays
   keep their dtype; the SGD step and the candidate ``p + u`` are computed in
@@ -150,7 +176,7 @@ def tv_pgd(
       u = (-np.asarray(learning_rate, p.dtype) * grads[name]).astype(p.dtype)
       candidate = (p + u).astype(p.dtype)
       if name in pruned:
-        if refresh_due(sparsity, update_every, t):
+        if refresh_due(sparsity, update_every, t, settles):
           masks[name] = keep_mask(candidate, num_to_prune(sparsity(t), candidate.size))
         candidate = np.where(masks[name], candidate, np.zeros_like(candidate))
       new[name] = candidate

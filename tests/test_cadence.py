@@ -29,14 +29,6 @@ def _grads(params, t):
   return jax.tree.map(lambda v: jnp.asarray(rng.standard_normal(v.shape), v.dtype), params)
 
 
-def _reference_due(schedule, update_every, t):
-  """The documented rule on float64 values of the schedule."""
-  if t % update_every == 0:
-    return True
-  previous, current, following = (schedule(s) for s in (t - 1, t, t + 1))
-  return current < previous or (current != previous and following == current)
-
-
 CADENCES = {
   "cyclical 150/40": (
     dict(target=0.9, num_cycles=2, cycle_steps=150, ramp_fraction=0.8, initial=0.45, update_every=40),
@@ -70,14 +62,49 @@ def test_refresh_due_follows_the_documented_rule(name):
       max(t, 0), c["target"], c["num_cycles"], c["cycle_steps"], c["initial"], c["ramp_fraction"]
     )
 
+  settles = reference.cyclical_settle_steps(c["num_cycles"], c["cycle_steps"], c["ramp_fraction"])
   got = [t for t in range(steps) if prune.refresh_due(t)]
-  want = [t for t in range(steps) if _reference_due(schedule, c["update_every"], t)]
+  want = [t for t in range(steps) if reference.refresh_due(schedule, c["update_every"], t, settles)]
   assert got == want
   # Every cycle start and every ramp end is among them, whatever update_every is.
   for cycle in range(c["num_cycles"]):
     start = cycle * c["cycle_steps"]
     ramp_end = start + int(np.ceil(c["ramp_fraction"] * c["cycle_steps"]))
     assert start in got and ramp_end in got
+
+
+@pytest.mark.parametrize("ramp", ["cubic", "linear", "step"])
+def test_schedules_settle_where_their_ramps_end_and_nowhere_else(ramp):
+  cyclical = cyclax.cyclical_sparsity_schedule(0.9, num_cycles=3, cycle_steps=600, ramp=ramp)
+  gradual = cyclax.gradual_sparsity_schedule(0.9, 100, 2500, ramp=ramp)
+  cycle_settles = reference.cyclical_settle_steps(3, 600, 0.8, ramp)
+  gradual_settles = reference.gradual_settle_steps(100, 2500, ramp)
+  steps = jnp.arange(3000)
+  assert set(np.flatnonzero(jax.vmap(cyclical.settles_at)(steps)).tolist()) == cycle_settles
+  assert set(np.flatnonzero(jax.vmap(gradual.settles_at)(steps)).tolist()) == gradual_settles
+  # At a settle step the schedule holds the level it reached (a long cubic ramp in float32 reaches
+  # its target a few steps early and in plateaus: none of them is a refresh of its own).
+  for schedule, settles in ((cyclical, cycle_settles), (gradual, gradual_settles)):
+    values = np.asarray(jax.vmap(schedule)(steps))
+    for t in settles:
+      assert values[t] == np.float32(0.9) == values[min(t + 1, 2999)]
+  prune = cyclax.magnitude_prune(gradual, update_every=100)
+  assert [t for t in range(3000) if prune.refresh_due(t) and t % 100] == sorted(
+    t for t in gradual_settles if t % 100
+  )
+
+
+def test_periodic_passes_settles_on_and_a_schedule_of_your_own_refreshes_at_drops():
+  inner = cyclax.gradual_sparsity_schedule(0.8, 0, 7)
+  prune = cyclax.magnitude_prune(cyclax.periodic(inner, 10, num_periods=3), update_every=100)
+  assert [t for t in range(40) if prune.refresh_due(t)] == [0, 7, 10, 17, 20, 27]
+  # A plain function: drops are found from its values; a ramp end is not (no settles_at).
+  own = lambda count: jnp.where(count % 10 < 7, 0.1 * (count % 10), 0.7)
+  prune = cyclax.magnitude_prune(own, update_every=100)
+  assert [t for t in range(40) if prune.refresh_due(t)] == [0, 10, 20, 30]
+  own.settles_at = lambda count: count % 10 == 7
+  prune = cyclax.magnitude_prune(own, update_every=100)
+  assert [t for t in range(25) if prune.refresh_due(t)] == [0, 7, 10, 17, 20]
 
 
 def test_one_shot_at_a_later_step_refreshes_at_that_step_with_a_huge_update_every():

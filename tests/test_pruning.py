@@ -54,16 +54,21 @@ def _train(tx, params, targets, num_steps, jit):
   return history
 
 
+# name: (sparsity, update_every, the steps where the schedule settles)
 SCHEDULES = {
-  "constant": (lambda: 0.6, 1),
-  "gradual": (lambda: cyclax.gradual_sparsity_schedule(0.9, 0, 9), 2),
-  "one_shot": (lambda: cyclax.one_shot_sparsity_schedule(0.7), 100),
-  "cyclical_every_3": (lambda: cyclax.cyclical_sparsity_schedule(0.95, num_cycles=3, cycle_steps=4), 3),
+  "constant": (lambda: 0.6, 1, set()),
+  "gradual": (lambda: cyclax.gradual_sparsity_schedule(0.9, 0, 9), 2, reference.gradual_settle_steps(0, 9)),
+  "one_shot": (lambda: cyclax.one_shot_sparsity_schedule(0.7), 100, {0}),
+  "cyclical_every_3": (
+    lambda: cyclax.cyclical_sparsity_schedule(0.95, num_cycles=3, cycle_steps=4),
+    3,
+    reference.cyclical_settle_steps(3, 4, 0.8),
+  ),
 }
 
 
 def _check_against_algorithm_1(name, jit, num_steps, leaves=None):
-  make, update_every = SCHEDULES[name]
+  make, update_every, settles = SCHEDULES[name]
   sparsity = make()
   schedule = sparsity if callable(sparsity) else (lambda t: sparsity)
   params, targets = _tree(seed=len(name))
@@ -81,12 +86,13 @@ def _check_against_algorithm_1(name, jit, num_steps, leaves=None):
     update_every,
     num_steps,
     pruned,
+    settles,
   )
   for t, ((got, state), want, want_masks) in enumerate(zip(history, ref_params, ref_masks)):
     masks = cyclax.get_masks(state)
     assert masks["bias"] is None
     sched = lambda s: float(schedule(max(s, 0)))
-    refresh = max(r for r in range(t + 1) if reference.refresh_due(sched, update_every, r))
+    refresh = max(r for r in range(t + 1) if reference.refresh_due(sched, update_every, r, settles))
     for k in params:
       assert got[k].dtype == params[k].dtype
       np.testing.assert_array_equal(
