@@ -1,6 +1,7 @@
 """Cyclical pruning of a model whose weights are sharded over many devices (and hosts).
 
-One machine, 8 CPU devices forced by XLA (add ``--quick`` for a run of a few seconds):
+One machine, 8 CPU devices forced by XLA (add ``--quick`` for a run of a few seconds,
+or ``--steps N`` to stop the full-size run after N steps):
 
   python examples/distributed_train.py --host-devices 8
 
@@ -33,6 +34,9 @@ def parse_args() -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="a small run that finishes in seconds")
   parser.add_argument(
+    "--steps", type=int, default=None, help="stop after this many steps (default: the whole schedule)"
+  )
+  parser.add_argument(
     "--host-devices", type=int, default=None, help="force this many CPU devices per process"
   )
   parser.add_argument("--model-parallel", type=int, default=None, help="size of the 'model' mesh axis")
@@ -40,7 +44,10 @@ def parse_args() -> argparse.Namespace:
   parser.add_argument("--coordinator", default=None, help="host:port of process 0, e.g. 10.0.0.1:12355")
   parser.add_argument("--num-processes", type=int, default=None)
   parser.add_argument("--process-id", type=int, default=None)
-  return parser.parse_args()
+  args = parser.parse_args()
+  if args.steps is not None and args.steps < 1:
+    parser.error(f"--steps must be a positive number of steps, got {args.steps}")
+  return args
 
 
 args = parse_args()
@@ -144,13 +151,26 @@ def main() -> None:
     return accuracy, sparsity
 
   data_sharding = NamedSharding(mesh, P("data"))
+  num_steps = args.steps or NUM_CYCLES * CYCLE_STEPS
+  log(
+    f"{NUM_CYCLES} cycles of {CYCLE_STEPS} steps to sparsity {TARGET}, update_every {UPDATE_EVERY}, "
+    f"batch {BATCH}, width {WIDTH}: {num_steps} steps"
+  )
   start = time.perf_counter()
-  for step in range(NUM_CYCLES * CYCLE_STEPS):
+  previous_loss = None
+  for step in range(num_steps):
     x, y = batch_of(step, teacher)
     params, opt_state, loss = train_step(
       params, opt_state, to_global(x, data_sharding), to_global(y, data_sharding)
     )
-    if (step + 1) % CYCLE_STEPS == 0:
+    # At most two steps in flight: wait for the one before. XLA:CPU runs each local
+    # device's part of a collective on its own thread, from a pool of about
+    # max(cores, local devices) threads; with dozens of steps queued, their launches
+    # take those threads and the step in flight never completes (the processes hang).
+    if previous_loss is not None:
+      previous_loss.block_until_ready()
+    previous_loss = loss
+    if (step + 1) % CYCLE_STEPS == 0 or step + 1 == num_steps:
       x, y = batch_of(10**6, teacher)
       accuracy, sparsity = evaluate(params, to_global(x, data_sharding), to_global(y, data_sharding))
       zeros = ", ".join(f"{k} {float(v):.3f}" for k, v in sparsity.items())

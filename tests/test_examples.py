@@ -4,8 +4,10 @@ import json
 import math
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
 
 import reference
 
@@ -111,6 +113,69 @@ def test_distributed_train_quick_runs_on_eight_host_devices():
   steps = re.findall(r"loss (\S+)\s+accuracy (\S+)\s+sparsity w1 (\S+), w2 (\S+)", out)
   assert steps and all(math.isfinite(float(v)) for row in steps for v in row)
   assert "weight and mask sharded as" in out
+
+
+def test_distributed_train_full_size_as_two_processes_finishes_and_prunes_on_schedule(tmp_path):
+  # The full-size model and batch (no --quick) as two processes of 4 devices, for 100 steps: far
+  # more than the few dozen steps XLA:CPU can queue before a collective stalls, so a training
+  # loop that runs ahead of the devices hangs here (and is killed at the deadline).
+  steps, deadline = 100, time.monotonic() + 240
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  logs = [tmp_path / f"process{i}.log" for i in range(2)]
+  procs = []
+  try:
+    for i, log in enumerate(logs):
+      with open(log, "w") as f:
+        procs.append(
+          subprocess.Popen(
+            [sys.executable, os.path.join(EXAMPLES, "distributed_train.py"), "--host-devices", "4"]
+            + ["--steps", str(steps), "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
+            + ["--process-id", str(i)],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "JAX_PLATFORMS": "cpu"},
+          )
+        )
+    for p in procs:
+      try:
+        p.wait(timeout=max(deadline - time.monotonic(), 1.0))
+      except subprocess.TimeoutExpired:
+        pass
+  finally:
+    # Whatever happened (a hang, a failed process), no process outlives the test.
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  outs = [log.read_text() for log in logs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, f"exit code {p.returncode} (-9: killed at the deadline):\n{out[-4000:]}"
+  out = outs[0]
+  assert "2 process(es), 8 devices" in out and "done in" in out
+  config = re.search(
+    r"(\d+) cycles of (\d+) steps to sparsity (\S+), update_every (\d+), "
+    r"batch (\d+), width (\d+): (\d+) steps",
+    out,
+  )
+  assert config, out
+  cycles, cycle_steps, update_every, batch, width, ran = (int(config.group(i)) for i in (1, 2, 4, 5, 6, 7))
+  target = float(config.group(3))
+  assert (batch, width, ran) == (1024, 512, steps) and steps < cycle_steps  # full size, inside cycle 1
+  rows = re.findall(r"step\s+(\d+)\s+loss (\S+)\s+accuracy (\S+)\s+sparsity w1 (\S+), w2 (\S+)", out)
+  assert [int(row[0]) for row in rows] == [steps]
+  loss, accuracy, zeros_w1, zeros_w2 = (float(v) for v in rows[0][1:])
+  assert math.isfinite(loss) and 0.0 <= accuracy <= 1.0
+  # The masks come from the last refresh of the documented cadence (counts 0..steps-1), which
+  # prunes each kernel (64 x width and width x 10 entries) to the schedule's exact count.
+  schedule = lambda t: reference.cyclical_sparsity(t, target, cycles, cycle_steps, target / 2, 0.8)
+  settles = reference.cyclical_settle_steps(cycles, cycle_steps, 0.8)
+  last = max(t for t in range(steps) if reference.refresh_due(schedule, update_every, t, settles))
+  for got, size in ((zeros_w1, 64 * width), (zeros_w2, width * 10)):
+    want = reference.num_to_prune(schedule(last), size) / size
+    assert want > 0.5 and abs(got - want) < 1e-3, (got, want, last)
+  assert out.count("weight and mask sharded as") == 2
 
 
 def test_moment_reset_quick_prints_a_finite_comparison():
