@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks: parameter trees, timing and table printing.
+"""Shared pieces of the benchmarks: parameter trees, their command-line options, timing and tables.
 
 Every figure is a median over repeats with its spread (min-max); every ratio is
 taken between timings of the same run, with the methods interleaved repeat by
@@ -7,6 +7,7 @@ repeat so that a change of machine load hits all of them alike.
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import time
@@ -87,6 +88,21 @@ def time_interleaved(
       jax.block_until_ready(f())
       times[name].append(time.perf_counter() - start)
   return {name: np.asarray(t) for name, t in times.items()}
+
+
+def tree_timing_parser(doc: str, repeats: int, skip_help: str) -> argparse.ArgumentParser:
+  """A benchmark's parser with the options of timing one of ``TREES``: tree, repeats, settle and skip."""
+  parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+  parser.add_argument("--tree", choices=TREES, default="10x1m")
+  parser.add_argument("--repeats", type=int, default=repeats)
+  parser.add_argument(
+    "--settle",
+    type=int,
+    default=1,
+    help="untimed calls of the same function right before each timed one (0: plain interleaving)",
+  )
+  parser.add_argument("--skip", default="", help=skip_help)
+  return parser
 
 
 def fmt_time(t: np.ndarray) -> str:

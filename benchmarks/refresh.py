@@ -13,8 +13,6 @@ parameter count, which flatters them (sorting is n log n): the table marks them.
 
 from __future__ import annotations
 
-import argparse
-
 import _common
 import jax
 import jax.numpy as jnp
@@ -92,17 +90,8 @@ def floor_fused(leaves, c):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--tree", choices=_common.TREES, default="10x1m")
-  parser.add_argument("--repeats", type=int, default=5)
+  parser = _common.tree_timing_parser(__doc__, 5, "comma-separated parts of row names to leave out")
   parser.add_argument("--baseline-fraction", type=float, default=1.0)
-  parser.add_argument("--skip", default="", help="comma-separated parts of row names to leave out")
-  parser.add_argument(
-    "--settle",
-    type=int,
-    default=1,
-    help="untimed calls of the same function right before each timed one (0: plain interleaving)",
-  )
   args = parser.parse_args()
   skip = set(filter(None, args.skip.split(",")))
 

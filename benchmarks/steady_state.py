@@ -40,7 +40,6 @@ default path the figure includes the refresh branch once).
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import resource
@@ -141,22 +140,11 @@ def fmt_bytes(n):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--tree", choices=_common.TREES, default="10x1m")
-  parser.add_argument("--repeats", type=int, default=15)
+  parser = _common.tree_timing_parser(
+    __doc__, 15, "comma-separated row kinds to leave out: default, static, refresh, kernel, jaxpruner"
+  )
   parser.add_argument("--optimizers", default="sgd,adamw", help="comma-separated, from: sgd, adamw")
-  parser.add_argument(
-    "--settle",
-    type=int,
-    default=1,
-    help="untimed calls of the same function before each timed one (see _common.time_interleaved)",
-  )
   parser.add_argument("--jaxpruner", default=os.environ.get("JAXPRUNER"), help="path of a jaxpruner checkout")
-  parser.add_argument(
-    "--skip",
-    default="",
-    help="comma-separated row kinds to leave out: default, static, refresh, kernel, jaxpruner",
-  )
   args = parser.parse_args()
   skip = {s.strip() for s in args.skip.split(",") if s.strip()}
   opts = [o.strip() for o in args.optimizers.split(",")]

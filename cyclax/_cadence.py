@@ -56,7 +56,7 @@ def on_cadence(count: jax.Array, update_every: Any) -> jax.Array:
   return count % every == 0
 
 
-def schedule_turns(schedule: Callable[[jax.Array], Any], count: jax.Array) -> jax.Array:
+def schedule_turns(schedule: optax.Schedule, count: jax.Array) -> jax.Array:
   """True where the schedule drops, or where it settles (see the module docstring)."""
   count = jnp.asarray(count, jnp.int32)
   previous = sparsity_at(schedule, jnp.maximum(count, 1) - 1)

@@ -12,7 +12,7 @@ costs the optimizer's step and one select per pruned weight.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +32,7 @@ def _after(ok: jax.Array, tree: Any) -> Any:
   """
 
   def order(x: Any) -> Any:
-    if not isinstance(x, jax.Array) or x.ndim == 0 or jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    if not isinstance(x, jax.Array) or x.ndim == 0 or jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
       return x
     return jnp.where(ok, x, jnp.zeros_like(x))
 
@@ -95,21 +95,24 @@ def chain(*transformations: optax.GradientTransformation) -> optax.GradientTrans
 
   def update_fn(
     updates: optax.Updates,
-    state: tuple,
+    state: optax.OptState,
     params: Optional[optax.Params] = None,
     *,
     refresh_masks: Optional[bool] = None,
     **extra_args: Any,
-  ) -> tuple[optax.Updates, tuple]:
+  ) -> tuple[optax.Updates, optax.OptState]:
     _validation.require_params(params, "chain")
+    assert params is not None  # require_params raised otherwise
     _validation.check_refresh_flag(refresh_masks)
     if refresh_masks is not None or every_step:
       return plain.update(updates, state, params, refresh_masks=refresh_masks, **extra_args)
+    # The state of optax.chain, as plain.init made it: a tuple, one entry per transformation.
+    chain_state = cast(tuple, state)
     plan = _config.make_plan(config, params)
-    _state.check_state(config, plan, state[-1], updates, params)
+    _state.check_state(config, plan, chain_state[-1], updates, params)
     if not plan.pruned:
       return plain.update(updates, state, params, **extra_args)
-    return _owned_step(config, plan, inner, updates, state, params, extra_args)
+    return _owned_step(config, plan, inner, updates, chain_state, params, extra_args)
 
   return optax.GradientTransformationExtraArgs(plain.init, update_fn)
 
@@ -141,6 +144,7 @@ def _owned_step(
   result, ok = lax.cond(due, fresh, kept, grads, inner_state, params, prune_state)
   grads, inner_state, params = _after(ok, (grads, inner_state, params))
   updates, inner_state = inner.update(grads, inner_state, params, **extra_args)
+  assert isinstance(inner_state, tuple)  # optax.chain's update returns its state as a tuple
   masks = [_step.load(m) for m in result.masks]
   updates, prune_state = _step.project(
     config, plan, prune_state, updates, params, masks, result.masks, result

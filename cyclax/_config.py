@@ -10,6 +10,7 @@ and again, at trace time only, in ``update``.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -46,49 +47,38 @@ def _check_bool(name: str, value: Any) -> None:
     raise TypeError(f"`{name}` must be True or False{hint}, got {value!r}.")
 
 
-def make_config(
-  sparsity: optax.ScalarOrSchedule,
-  *,
-  update_every: Any = 100,
-  filter: Optional[_leaves.Filter] = None,
-  allow_full_sparsity: bool = False,
-  pattern: Any = None,
-  pattern_axis: Optional[int] = None,
-  track_regrowth: bool = False,
-  distribution: str = "uniform",
-  overrides: Optional[_distribution.Overrides] = None,
-  packed_masks: bool = False,
-  axis_name: _layout.AxisName = None,
-  sharded_dims: _layout.ShardedDims = 0,
-) -> PruneConfig:
-  """Validates the arguments of :func:`cyclax.magnitude_prune` (raises what it documents)."""
-  _check_bool("allow_full_sparsity", allow_full_sparsity)
-  _check_bool("track_regrowth", track_regrowth)
-  _check_bool("packed_masks", packed_masks)
+def make_config(sparsity: optax.ScalarOrSchedule, options: Mapping[str, Any]) -> PruneConfig:
+  """Validates the arguments of :func:`cyclax.magnitude_prune` (raises what it documents).
+
+  Args:
+    sparsity: its ``sparsity``.
+    options: every one of its keyword arguments, by name.
+  """
+  flags = {name: options[name] for name in ("allow_full_sparsity", "track_regrowth", "packed_masks")}
+  for name, value in flags.items():
+    _check_bool(name, value)
+  allow_full = bool(flags["allow_full_sparsity"])
   if callable(sparsity):
     pass
   elif sparsity is None:
     raise TypeError("`sparsity` must be a number in [0, 1) or a schedule step -> sparsity, got None.")
   else:
-    _validation.check_sparsity("sparsity", sparsity, allow_full=allow_full_sparsity)
-  _validation.check_step_count("update_every", update_every, allow_huge=True)
-  _distribution.check_distribution(distribution)
-  _distribution.check_overrides(overrides, allow_full=allow_full_sparsity)
-  _layout.check_axis_name(axis_name)
-  pattern, pattern_axis = _check_pattern(pattern, pattern_axis, sparsity, distribution, overrides, axis_name)
+    _validation.check_sparsity("sparsity", sparsity, allow_full=allow_full)
+  _validation.check_step_count("update_every", options["update_every"], allow_huge=True)
+  _distribution.check_distribution(options["distribution"])
+  _distribution.check_overrides(options["overrides"], allow_full=allow_full)
+  _layout.check_axis_name(options["axis_name"])
+  pattern, pattern_axis = _check_pattern(
+    options["pattern"],
+    options["pattern_axis"],
+    sparsity,
+    options["distribution"],
+    options["overrides"],
+    options["axis_name"],
+  )
+  checked = {name: bool(value) for name, value in flags.items()}
   return PruneConfig(
-    sparsity=sparsity,
-    update_every=update_every,
-    filter=filter,
-    allow_full_sparsity=bool(allow_full_sparsity),
-    pattern=pattern,
-    pattern_axis=pattern_axis,
-    track_regrowth=bool(track_regrowth),
-    distribution=distribution,
-    overrides=overrides,
-    packed_masks=bool(packed_masks),
-    axis_name=axis_name,
-    sharded_dims=sharded_dims,
+    sparsity=sparsity, **{**options, **checked, "pattern": pattern, "pattern_axis": pattern_axis}
   )
 
 
@@ -142,6 +132,14 @@ class Plan(NamedTuple):
   dims: Optional[tuple[Optional[int], ...]]
 
 
+def _check_pattern_fits(config: PruneConfig, shape: Sequence[int], name: str) -> None:
+  """Raises unless ``config.pattern`` fits the pruned leaf ``name`` of this shape."""
+  if _structured.is_structured(config.pattern):
+    _structured.check_structure(config.pattern, shape, f"leaf '{name}'")
+  elif config.pattern is not None:
+    _patterns.check_pattern_axis(shape, config.pattern, config.pattern_axis, name=f"leaf '{name}'")
+
+
 def make_plan(config: PruneConfig, params: optax.Params) -> Plan:
   """Resolves the filter, overrides and split dimensions for ``params``.
 
@@ -166,10 +164,7 @@ def make_plan(config: PruneConfig, params: optax.Params) -> Plan:
         f"leaf '{name}' of shape {tuple(leaf.shape)} has {size} entries; cyclax counts in int32 and "
         f"prunes leaves of at most 2**31 - 1 entries. Split the leaf or exclude it with `filter`."
       )
-    if _structured.is_structured(config.pattern):
-      _structured.check_structure(config.pattern, leaf.shape, f"leaf '{name}'")
-    elif config.pattern is not None:
-      _patterns.check_pattern_axis(leaf.shape, config.pattern, config.pattern_axis, name=f"leaf '{name}'")
+    _check_pattern_fits(config, leaf.shape, name)
   leaf_overrides = _distribution.resolve_overrides(
     params, flags, config.overrides, allow_full=config.allow_full_sparsity
   )

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple, Union, cast
 
 import jax
 import jax.numpy as jnp
@@ -159,7 +159,8 @@ def to_int32(value: Wide) -> jax.Array:
   limbs = jnp.asarray(value.limbs)
   # Shifts and sums wrap modulo 2**32 and limbs from the fourth on only add multiples of
   # 2**36, so uncarried limbs give the same result.
-  return sum(limbs[d] << (LIMB_BITS * d) for d in range(_INT32_LIMBS))
+  # _INT32_LIMBS > 0 terms: the sum is an array, never sum()'s start value 0.
+  return cast(jax.Array, sum(limbs[d] << (LIMB_BITS * d) for d in range(_INT32_LIMBS)))
 
 
 def fill_in_order(

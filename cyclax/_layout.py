@@ -108,7 +108,7 @@ class Layout(NamedTuple):
       coords[self.dim] = coords[self.dim] + offset
     return coords
 
-  def index(self) -> jax.Array:
+  def row_major_index(self) -> jax.Array:
     """Row-major position of every local entry in the whole leaf, from iotas."""
     whole, coords = self.whole_shape, self._coords()
     index = jnp.zeros(self.shape, jnp.int32)
@@ -119,7 +119,7 @@ class Layout(NamedTuple):
     return index
 
   def before(self, j: jax.Array) -> jax.Array:
-    """``index() < j`` for a scalar ``0 <= j <= size``, compared digit by digit.
+    """``row_major_index() < j`` for a scalar ``0 <= j <= size``, compared digit by digit.
 
     The index itself is never formed: inside a loop it would be loop-invariant
     and XLA would hoist it into a leaf-sized int32 array.

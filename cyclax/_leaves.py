@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any, Optional, Union
+from typing import Any, Optional, TypeGuard, Union
 
 import jax
 import jax.numpy as jnp
@@ -115,6 +115,11 @@ def _filter_arity(filter: Callable[..., Any]) -> int:
   )
 
 
+def _is_params_filter(filter: Any) -> TypeGuard[Callable[[optax.Params], Any]]:
+  """True for the ``params -> tree of bools`` form of ``filter``: a callable that takes one argument."""
+  return callable(filter) and _filter_arity(filter) == 1
+
+
 def select_leaves(params: optax.Params, filter: Optional[Filter]) -> list[bool]:
   """Per leaf of ``params`` (in flatten order), whether it is pruned.
 
@@ -135,13 +140,14 @@ def select_leaves(params: optax.Params, filter: Optional[Filter]) -> list[bool]:
   leaves_with_path = jax.tree_util.tree_flatten_with_path(params)[0]
   if not leaves_with_path:
     return []
-  if callable(filter) and _filter_arity(filter) == 1:
+  if _is_params_filter(filter):
     filter = filter(params)  # the optax.masked form: params -> tree of bools
   if filter is None or callable(filter):
     predicate = default_filter if filter is None else filter
     flags = []
     for path, leaf in leaves_with_path:
-      flag = predicate(path, leaf) if is_array_like(leaf) else False
+      # A user's filter may return anything: checked below.
+      flag: Any = predicate(path, leaf) if is_array_like(leaf) else False
       if not isinstance(flag, (bool, jnp.bool_)) and not (
         hasattr(flag, "shape") and flag.shape == () and flag.dtype == bool
       ):

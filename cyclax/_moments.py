@@ -10,7 +10,7 @@ one.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, cast
 
 import jax
 import jax.numpy as jnp
@@ -157,11 +157,13 @@ def reset_regrown_moments(
 
   def update_fn(
     updates: optax.Updates,
-    state: ResetRegrownMomentsState,
+    state: optax.OptState,
     params: Optional[optax.Params] = None,
     **extra_args: Any,
   ) -> tuple[optax.Updates, ResetRegrownMomentsState]:
     _validation.require_params(params, "reset_regrown_moments")
+    assert params is not None  # require_params raised otherwise
+    state = cast(ResetRegrownMomentsState, state)  # the state init_fn made
     updates, inner_state = optax.with_extra_args_support(inner).update(
       updates, state.inner_state, params, **extra_args
     )

@@ -180,20 +180,8 @@ def magnitude_prune(
     >>> (new_params["w"] == 0).tolist()  # 0.5 - 0.1 and 0.1 - 0.1 are the two smallest
     [[True, False], [True, False]]
   """
-  config = _config.make_config(
-    sparsity,
-    update_every=update_every,
-    filter=filter,
-    allow_full_sparsity=allow_full_sparsity,
-    pattern=pattern,
-    pattern_axis=pattern_axis,
-    track_regrowth=track_regrowth,
-    distribution=distribution,
-    overrides=overrides,
-    packed_masks=packed_masks,
-    axis_name=axis_name,
-    sharded_dims=sharded_dims,
-  )
+  options = dict(locals())  # the arguments, by name (nothing else is defined yet)
+  config = _config.make_config(options.pop("sparsity"), options)
   jitted_apply = _step.make_jitted_apply(config)
 
   def init_fn(params: optax.Params) -> MagnitudePruneState:
@@ -201,7 +189,7 @@ def magnitude_prune(
 
   def update_fn(
     updates: optax.Updates,
-    state: MagnitudePruneState,
+    state: optax.OptState,
     params: Optional[optax.Params] = None,
     *,
     refresh_masks: Optional[bool] = None,
@@ -239,7 +227,7 @@ def cyclical_prune(
   cycle_steps: int,
   initial_sparsity: Optional[ArrayLike] = None,
   ramp_fraction: float = 0.8,
-  ramp: str = "cubic",
+  ramp: _schedules.Ramp = "cubic",
   update_every: int = 100,
   filter: Optional[_leaves.Filter] = None,
   allow_full_sparsity: bool = False,

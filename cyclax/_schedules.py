@@ -64,7 +64,7 @@ def _settling(schedule: optax.Schedule, settles_at: Callable[[jax.Array], jax.Ar
   :func:`cyclax.magnitude_prune` refreshes the masks at those steps (the end of a
   ramp, a jump), besides every ``update_every`` steps and where the sparsity drops.
   """
-  schedule.settles_at = settles_at  # type: ignore[attr-defined]
+  schedule.__dict__["settles_at"] = settles_at  # a function attribute: read with getattr
   return schedule
 
 
@@ -126,14 +126,15 @@ def one_shot_sparsity_schedule(target_sparsity: ArrayLike, prune_step: int = 0) 
   if _is_concrete(prune_step):
     if int(prune_step) < 0:
       raise ValueError(f"`prune_step` must be >= 0, got {prune_step}.")
+    prune_at = prune_step
   else:
-    prune_step = jnp.maximum(jnp.asarray(prune_step, jnp.int32), 0)
+    prune_at = jnp.maximum(jnp.asarray(prune_step, jnp.int32), 0)
 
   def schedule(count: ArrayLike) -> jax.Array:
     target = _sparsity_value(target_sparsity)
-    return jnp.where(jnp.asarray(count) >= prune_step, target, jnp.zeros_like(target))
+    return jnp.where(jnp.asarray(count) >= prune_at, target, jnp.zeros_like(target))
 
-  return _settling(schedule, lambda count: jnp.asarray(count) == prune_step)
+  return _settling(schedule, lambda count: jnp.asarray(count) == prune_at)
 
 
 def gradual_sparsity_schedule(
@@ -161,14 +162,14 @@ def gradual_sparsity_schedule(
     begin_step: first step of the ramp ``t_0`` (>= 0).
     end_step: step ``t_1 > t_0`` at which ``s_f`` is reached.
     initial_sparsity: sparsity ``s_i`` at and before ``begin_step``.
-    ramp: the shape of the ramp, ``"cubic"`` (default), ``"linear"`` or
-      ``"step"``.
+    ramp: ``"cubic"`` (default), ``"linear"`` or ``"step"`` (``s_i`` until
+      the middle of the ramp, then ``s_f``).
 
   Returns:
-    A schedule ``step -> sparsity``.
+    The schedule, a function of the step.
 
   Raises:
-    ValueError: if an argument is out of range or ``ramp`` is unknown.
+    ValueError: for an argument out of range or an unknown ``ramp``.
 
   Example:
     >>> import cyclax
@@ -187,23 +188,24 @@ def gradual_sparsity_schedule(
       raise ValueError(f"`begin_step` must be >= 0, got {begin_step}.")
     if int(end_step) <= int(begin_step):
       raise ValueError(f"`end_step` must be > `begin_step` ({begin_step}), got {end_step}.")
+    begin, end = begin_step, end_step
     length = float(end_step - begin_step)
     ramp_exists = True
   else:
     # Traced: a negative begin_step starts at 0, and end_step <= begin_step is a ramp of length 0.
-    begin_step = jnp.maximum(jnp.asarray(begin_step, jnp.int32), 0)
-    end_step = jnp.asarray(end_step, jnp.int32)
-    ramp_exists = end_step > begin_step
-    length = jnp.where(ramp_exists, end_step - begin_step, 1).astype(jnp.float32)
+    begin = jnp.maximum(jnp.asarray(begin_step, jnp.int32), 0)
+    end = jnp.asarray(end_step, jnp.int32)
+    ramp_exists = end > begin
+    length = jnp.where(ramp_exists, end - begin, 1).astype(jnp.float32)
 
   def schedule(count: ArrayLike) -> jax.Array:
     start = _sparsity_value(initial_sparsity)
     target = _sparsity_value(target_sparsity)
     if ramp == "step":
-      elapsed = jnp.asarray(count, jnp.int32) - begin_step
-      half_way = 2 * elapsed >= jnp.maximum(end_step - begin_step, 0)
+      elapsed = jnp.asarray(count, jnp.int32) - begin
+      half_way = 2 * elapsed >= jnp.maximum(end - begin, 0)
       return _step_ramp(start, target, (elapsed >= 0) & half_way)
-    progress = (jnp.asarray(count, jnp.float32) - begin_step) / length
+    progress = (jnp.asarray(count, jnp.float32) - begin) / length
     if ramp_exists is not True:
       progress = jnp.where(ramp_exists, progress, jnp.where(progress >= 0.0, 1.0, 0.0))
     shape = _cubic_ramp if ramp == "cubic" else _linear_ramp
@@ -212,10 +214,29 @@ def gradual_sparsity_schedule(
   def settles_at(count: ArrayLike) -> jax.Array:
     count = jnp.asarray(count, jnp.int32)
     if ramp == "step":  # the jump: the first step at or past half of the ramp
-      return count == begin_step + (jnp.maximum(end_step - begin_step, 0) + 1) // 2
-    return count == jnp.maximum(end_step, begin_step)
+      return count == begin + (jnp.maximum(end - begin, 0) + 1) // 2
+    return count == jnp.maximum(end, begin)
 
   return _settling(schedule, settles_at)
+
+
+def _cycle_start_sparsity(target_sparsity: ArrayLike, initial_sparsity: Optional[ArrayLike]) -> ArrayLike:
+  """The sparsity at the start of cycles 2, 3, ...: ``initial_sparsity`` checked, or half the target."""
+  if initial_sparsity is None:
+    # Half the target; a Python float when the target is concrete, so that building the schedule
+    # creates no device array (which, made under a mesh, could not be closed over in shard_map).
+    if _validation.is_concrete(target_sparsity):
+      return 0.5 * float(np.float32(np.asarray(target_sparsity, np.float32)))
+    return 0.5 * jnp.asarray(target_sparsity, jnp.float32)
+  _validation.check_sparsity("initial_sparsity", initial_sparsity, allow_full=True)
+  if _is_concrete(initial_sparsity, target_sparsity):
+    initial_value = float(np.asarray(initial_sparsity))
+    target_value = float(np.asarray(target_sparsity))
+    if initial_value > target_value:
+      raise ValueError(
+        f"`initial_sparsity` ({initial_value}) must not exceed `target_sparsity` ({target_value})."
+      )
+  return initial_sparsity
 
 
 def cyclical_sparsity_schedule(
@@ -279,64 +300,50 @@ def cyclical_sparsity_schedule(
   _validation.check_sparsity("target_sparsity", target_sparsity, allow_full=True)
   _validation.check_schedule_length(num_cycles, cycle_steps)
   _validation.check_fraction("ramp_fraction", ramp_fraction)
-  if initial_sparsity is None:
-    # Half the target; a Python float when the target is concrete, so that building the schedule
-    # creates no device array (which, made under a mesh, could not be closed over in shard_map).
-    if _validation.is_concrete(target_sparsity):
-      initial_sparsity = 0.5 * float(np.float32(np.asarray(target_sparsity, np.float32)))
-    else:
-      initial_sparsity = 0.5 * jnp.asarray(target_sparsity, jnp.float32)
-  else:
-    _validation.check_sparsity("initial_sparsity", initial_sparsity, allow_full=True)
-    if _is_concrete(initial_sparsity, target_sparsity):
-      if float(initial_sparsity) > float(target_sparsity):
-        raise ValueError(
-          f"`initial_sparsity` ({float(initial_sparsity)}) must not exceed "
-          f"`target_sparsity` ({float(target_sparsity)})."
-        )
+  initial_sparsity = _cycle_start_sparsity(target_sparsity, initial_sparsity)
   # optax.inject_hyperparams passes every numeric argument as a (possibly traced) array.
   if _is_concrete(num_cycles, cycle_steps, ramp_fraction):
-    num_cycles, cycle_steps = int(num_cycles), int(cycle_steps)
-    ramp_steps = float(ramp_fraction) * cycle_steps
+    cycles, steps = int(num_cycles), int(cycle_steps)
+    ramp_steps = float(ramp_fraction) * steps
     ramp_exists = True
     ramp_end = int(np.ceil(np.float32(ramp_steps)))  # the first tau with tau / ramp_steps >= 1
   else:
     # Traced values cannot be checked: clip them into range (see the module docstring).
-    num_cycles = jnp.maximum(jnp.asarray(num_cycles, jnp.int32), 1)
-    cycle_steps = jnp.maximum(jnp.asarray(cycle_steps, jnp.int32), 1)
+    cycles = jnp.maximum(jnp.asarray(num_cycles, jnp.int32), 1)
+    steps = jnp.maximum(jnp.asarray(cycle_steps, jnp.int32), 1)
     fraction = jnp.clip(jnp.asarray(ramp_fraction, jnp.float32), 0.0, 1.0)
-    ramp_steps = fraction * cycle_steps.astype(jnp.float32)
+    ramp_steps = fraction * steps.astype(jnp.float32)
     ramp_exists = ramp_steps > 0.0
     ramp_end = jnp.ceil(ramp_steps).astype(jnp.int32)
     ramp_steps = jnp.where(ramp_exists, ramp_steps, 1.0)
 
   def schedule(count: ArrayLike) -> jax.Array:
     count = jnp.maximum(jnp.asarray(count, jnp.int32), 0)
-    cycle = count // cycle_steps
-    tau_int = count - cycle * cycle_steps
+    cycle = count // steps
+    tau_int = count - cycle * steps
     tau = tau_int.astype(jnp.float32)
     target = _sparsity_value(target_sparsity)
     # A traced initial_sparsity above the target would make the ramp run downwards: cap it.
     initial = jnp.minimum(_sparsity_value(initial_sparsity), target)
     start = jnp.where(cycle == 0, 0.0, initial)
     if ramp == "step":
-      value = _step_ramp(start, target, 2 * tau_int >= cycle_steps)
+      value = _step_ramp(start, target, 2 * tau_int >= steps)
     else:
       progress = tau / ramp_steps
       if ramp_exists is not True:
         progress = jnp.where(ramp_exists, progress, 1.0)
       value = (_cubic_ramp if ramp == "cubic" else _linear_ramp)(start, target, progress)
-    return jnp.where(cycle >= num_cycles, target, value)
+    return jnp.where(cycle >= cycles, target, value)
 
   def settles_at(count: ArrayLike) -> jax.Array:
     # Inside each cycle: the ramp's end (or the step's jump). A ramp that fills the whole cycle ends
     # where the next cycle starts, so the last one settles when the schedule starts to hold.
     count = jnp.asarray(count, jnp.int32)
-    cycle = count // cycle_steps
-    tau = count - cycle * cycle_steps
-    end = (cycle_steps + 1) // 2 if ramp == "step" else ramp_end
-    inside = (cycle < num_cycles) & (tau == end) & (end < cycle_steps)
-    return inside | ((count == num_cycles * cycle_steps) & (end >= cycle_steps))
+    cycle = count // steps
+    tau = count - cycle * steps
+    end = (steps + 1) // 2 if ramp == "step" else ramp_end
+    inside = (cycle < cycles) & (tau == end) & (end < steps)
+    return inside | ((count == cycles * steps) & (end >= steps))
 
   return _settling(schedule, settles_at)
 
@@ -373,21 +380,22 @@ def periodic(schedule: optax.Schedule, period: int, num_periods: Optional[int] =
   if num_periods is not None:
     _validation.check_positive_int("num_periods", num_periods)
   # Traced values (optax.inject_hyperparams) are clipped to at least 1 instead.
-  period = int(period) if _is_concrete(period) else jnp.maximum(jnp.asarray(period, jnp.int32), 1)
+  every = int(period) if _is_concrete(period) else jnp.maximum(jnp.asarray(period, jnp.int32), 1)
+  periods = None
   if num_periods is not None:
-    num_periods = (
+    periods = (
       int(num_periods) if _is_concrete(num_periods) else jnp.maximum(jnp.asarray(num_periods, jnp.int32), 1)
     )
 
   def local_count(count: ArrayLike) -> jax.Array:
     count = jnp.maximum(jnp.asarray(count, jnp.int32), 0)
-    local = count % period
-    if num_periods is not None:
-      last_start = (num_periods - 1) * period
+    local = count % every
+    if periods is not None:
+      last_start = (periods - 1) * every
       local = jnp.where(count >= last_start, count - last_start, local)
     return local
 
-  def periodic_schedule(count: ArrayLike) -> jax.Array:
+  def periodic_schedule(count: ArrayLike) -> ArrayLike:
     return schedule(local_count(count))
 
   inner = getattr(schedule, "settles_at", None)

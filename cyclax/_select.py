@@ -163,7 +163,7 @@ def _smallest_tie_indices(key: _keys.Keys, layout: _layout.Layout, threshold: ja
   above the previous).
   """
   size = jnp.int32(layout.size)
-  idx = jnp.where(key.eq(threshold), layout.index(), size)
+  idx = jnp.where(key.eq(threshold), layout.row_major_index(), size)
   ops = (idx,) + tuple(jnp.full(layout.shape, size) for _ in range(_TIES_READ - 1))
   inits = tuple(size for _ in range(_TIES_READ))
   local = list(lax.reduce(ops, inits, _merge_smallest, tuple(range(len(layout.shape)))))
@@ -200,13 +200,11 @@ def _index_search_pass(
 
 
 def _partial_tie_cuts(
-  keys: Sequence[_keys.Keys],
-  layouts: Sequence[_layout.Layout],
-  thresholds: Sequence[jax.Array],
-  ties_to_prune: Sequence[jax.Array],
-  partial: Sequence[jax.Array],
+  leaves: Sequence[tuple[_keys.Keys, _layout.Layout, jax.Array, jax.Array]], partial: Sequence[jax.Array]
 ) -> jax.Array:
   """The cut of every leaf that prunes part of its ties (``partial``); other entries are 0.
+
+  ``leaves`` holds, per leaf, its keys, layout, threshold and number of ties to prune.
 
   Leaves are visited one after the other inside ONE while loop with ONE switch,
   so the compiled refresh does not grow with the number of leaves and only the
@@ -214,12 +212,13 @@ def _partial_tie_cuts(
   indices) for a leaf that prunes at most ``_TIES_READ`` of them, one pass per
   round of a search over the index otherwise.
   """
+  keys, layouts, thresholds, ties_to_prune = zip(*leaves)
   num = len(keys)
   reads = jnp.stack([p & (r <= _TIES_READ) for p, r in zip(partial, ties_to_prune)])
   searches = jnp.stack([p & (r > _TIES_READ) for p, r in zip(partial, ties_to_prune)])
   tops = jnp.array([max(lay.size - 1, 0) for lay in layouts], jnp.uint32)
   wanted = jnp.stack(ties_to_prune)
-  branches = [_index_search_pass(*leaf) for leaf in zip(keys, layouts, thresholds, ties_to_prune)]
+  branches = [_index_search_pass(*leaf) for leaf in leaves]
   branches += [_tie_read_pass(*leaf) for leaf in zip(keys, layouts, thresholds)]
   branches.append(lambda lo, hi, loop_token: jnp.zeros([_TIES_READ], jnp.int32))  # nothing to do
 
@@ -266,7 +265,7 @@ def _tie_cuts(
   partial = [jnp.logical_and(r > 0, r < a) for r, a in zip(ties_to_prune, num_tied)]
 
   def some_partial():
-    cuts = _partial_tie_cuts(keys, layouts, thresholds, ties_to_prune, partial)
+    cuts = _partial_tie_cuts(list(zip(keys, layouts, thresholds, ties_to_prune)), partial)
     return [jnp.where(p, cuts[i], c) for i, (p, c) in enumerate(zip(partial, all_or_none))]
 
   return lax.cond(jnp.any(jnp.stack(partial)), some_partial, lambda: all_or_none)

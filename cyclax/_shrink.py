@@ -137,10 +137,17 @@ def shrink_dense_stack(
   layers = list(layers)
   if not layers:
     return []
-  arrays = [_layer_arrays(layer, i) for i, layer in enumerate(layers)]
-  entries = _mask_entries(masks, len(layers))
+  kernels, biases = _masked_kernels(layers, _mask_entries(masks, len(layers)))
+  act = (lambda v: v) if activation is None else activation
+  for i in range(len(layers) - 1):
+    _remove_dead_units(kernels, biases, i, act)
+  return [_rebuilt(layer, kernel, bias) for layer, kernel, bias in zip(layers, kernels, biases)]
+
+
+def _masked_kernels(layers: list[Any], entries: list[Any]) -> tuple[list[jax.Array], list[Any]]:
+  """Every layer's kernel times its mask, and its bias, after checking that the shapes chain."""
   kernels, biases = [], []
-  for i, ((kernel, bias), entry) in enumerate(zip(arrays, entries)):
+  for i, ((kernel, bias), entry) in enumerate(zip(map(_layer_arrays, layers, range(len(layers))), entries)):
     if kernel.ndim != 2:
       raise ValueError(f"`layers[{i}]` must have a 2-D kernel (in, out), got shape {tuple(kernel.shape)}.")
     if bias is not None and bias.shape != kernel.shape[1:]:
@@ -159,40 +166,42 @@ def shrink_dense_stack(
       kernel = jnp.where(jnp.asarray(mask, bool), kernel, jnp.zeros_like(kernel))
     kernels.append(kernel)
     biases.append(bias)
-  act = (lambda v: v) if activation is None else activation
-  for i in range(len(layers) - 1):
-    kernel_np = np.asarray(kernels[i])
-    dead_in = ~np.any(kernel_np != 0, axis=0)  # constant output activation(bias)
-    unread = ~np.any(np.asarray(kernels[i + 1]) != 0, axis=1)  # nothing downstream reads it
-    fold = dead_in & ~unread
-    if np.any(fold):
-      rows = np.flatnonzero(fold)
-      bias = biases[i]
-      const = act(jnp.zeros(len(rows), kernels[i].dtype) if bias is None else bias[rows])
-      shift = const @ kernels[i + 1][rows]
-      if biases[i + 1] is None:
-        if np.any(np.asarray(shift) != 0):
-          raise ValueError(
-            f"pruned units of layer {i} output the constant activation(bias) != 0, which must be folded into "
-            f"the bias of layer {i + 1}, and that layer has none."
-          )
-      else:
-        biases[i + 1] = (biases[i + 1] + shift).astype(biases[i + 1].dtype)
-    keep = np.flatnonzero(~(dead_in | unread))
-    kernels[i] = kernels[i][:, keep]
-    biases[i] = None if biases[i] is None else biases[i][keep]
-    kernels[i + 1] = kernels[i + 1][keep]
-  out = []
-  for layer, kernel, bias in zip(layers, kernels, biases):
-    if _is_linear(layer):
-      from flax import nnx
+  return kernels, biases
 
-      new = nnx.clone(layer)
-      new.kernel.set_value(kernel)
-      if bias is not None:
-        new.bias.set_value(bias)
-      new.in_features, new.out_features = int(kernel.shape[0]), int(kernel.shape[1])
-      out.append(new)
+
+def _remove_dead_units(kernels: list[Any], biases: list[Any], i: int, act: Callable) -> None:
+  """Drops layer ``i``'s dead or unread units in place, folding constant outputs into the next bias."""
+  dead_in: np.ndarray = ~np.any(np.asarray(kernels[i]) != 0, axis=0)  # constant output activation(bias)
+  unread: np.ndarray = ~np.any(np.asarray(kernels[i + 1]) != 0, axis=1)  # nothing downstream reads it
+  fold = dead_in & ~unread
+  if np.any(fold):
+    rows = np.flatnonzero(fold)
+    bias = biases[i]
+    const = act(jnp.zeros(len(rows), kernels[i].dtype) if bias is None else bias[rows])
+    shift = const @ kernels[i + 1][rows]
+    if biases[i + 1] is None:
+      if np.any(np.asarray(shift) != 0):
+        raise ValueError(
+          f"pruned units of layer {i} output the constant activation(bias) != 0, which must be folded into "
+          f"the bias of layer {i + 1}, and that layer has none."
+        )
     else:
-      out.append((kernel, bias))
-  return out
+      biases[i + 1] = (biases[i + 1] + shift).astype(biases[i + 1].dtype)
+  keep = np.flatnonzero(~(dead_in | unread))
+  kernels[i] = kernels[i][:, keep]
+  biases[i] = None if biases[i] is None else biases[i][keep]
+  kernels[i + 1] = kernels[i + 1][keep]
+
+
+def _rebuilt(layer: Any, kernel: jax.Array, bias: Optional[jax.Array]) -> Any:
+  """A layer of the same kind as ``layer`` with the given (smaller) kernel and bias."""
+  if not _is_linear(layer):
+    return (kernel, bias)
+  from flax import nnx
+
+  new = nnx.clone(layer)
+  new.kernel.set_value(kernel)
+  if bias is not None:
+    new.bias.set_value(bias)
+  new.in_features, new.out_features = int(kernel.shape[0]), int(kernel.shape[1])
+  return new

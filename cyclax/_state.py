@@ -6,6 +6,7 @@ import warnings
 from typing import Any, NamedTuple, Optional
 
 import jax
+import jax.core
 import numpy as np
 import optax
 from jax import export
@@ -103,7 +104,8 @@ class MagnitudePruneState(NamedTuple):
       mask and pruned by the mask before it. Otherwise None.
   """
 
-  count: jax.Array
+  # optax's states name their step counter `count` too; the field shadows tuple.count.
+  count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
   masks: Any
   misplaced_steps: jax.Array
   nonfinite_steps: jax.Array

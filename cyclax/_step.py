@@ -9,6 +9,7 @@ weight is kept and exactly ``+0.0`` where it is pruned.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -187,25 +188,27 @@ def _refreshed_masks(
   config: _config.PruneConfig,
   plan: _config.Plan,
   state: MagnitudePruneState,
-  params: list[jax.Array],
-  updates: list[jax.Array],
   refresh_masks: Optional[bool],
+  new_masks: Callable[[], _Refresh],
 ) -> tuple[list[jax.Array], list[Any], Optional[_Refresh]]:
-  """The masks of this step (bool), as stored, and the refresh result (None if none can happen)."""
+  """The masks of this step (bool), as stored, and the refresh result (None if none can happen).
+
+  ``new_masks`` computes a refresh (:func:`refresh` on this step's pruned leaves).
+  """
   leaves = plan.treedef.flatten_up_to(state.masks)
   stored = [leaves[i] for i in plan.pruned]
   every_step = isinstance(config.update_every, int) and config.update_every == 1
   if refresh_masks is False:
     return [load(m) for m in stored], stored, None
   if refresh_masks or (refresh_masks is None and every_step):
-    result = refresh(config, plan, state, params, updates)
+    result = new_masks()
     return result.masks, [store(config, m) for m in result.masks], result
   # All refresh work lives in one branch. A conditional's operands are buffers,
   # so the incoming update is written to memory every step (BENCHMARKS.md).
   due = _cadence.refresh_due(config.sparsity, config.update_every, state.count)
 
   def fresh() -> _Refresh:
-    result = refresh(config, plan, state, params, updates)
+    result = new_masks()
     return result._replace(masks=[store(config, m) for m in result.masks]) if config.packed_masks else result
 
   result = lax.cond(due, fresh, lambda: kept(config, plan, state, stored))
@@ -225,7 +228,8 @@ def apply(
   """The projected update and the new state (the array work of ``update``)."""
   plan = _config.make_plan(config, params)
   p_in, u_in = pruned_leaves(plan, params), pruned_leaves(plan, updates)
-  masks, stored, result = _refreshed_masks(config, plan, state, p_in, u_in, refresh_masks)
+  new_masks = lambda: refresh(config, plan, state, p_in, u_in)
+  masks, stored, result = _refreshed_masks(config, plan, state, refresh_masks, new_masks)
   return project(config, plan, state, updates, params, masks, stored, result)
 
 
@@ -254,6 +258,8 @@ def project(
       skipped_refreshes=state.skipped_refreshes + result.skipped.astype(jnp.int32),
     )
     if config.track_regrowth:
+      # refresh and kept fill both with regrowth tracking on.
+      assert result.ever_pruned is not None and result.last_regrown is not None
       new_state = new_state._replace(
         ever_pruned=_replace_leaves(plan, state.ever_pruned, result.ever_pruned),
         last_regrown=_replace_leaves(plan, state.last_regrown, result.last_regrown),
@@ -278,15 +284,17 @@ def update(
   config: _config.PruneConfig,
   jitted_apply: Any,
   updates: optax.Updates,
-  state: MagnitudePruneState,
+  state: optax.OptState,
   params: Optional[optax.Params],
   refresh_masks: Optional[bool],
 ) -> tuple[optax.Updates, MagnitudePruneState]:
   """Checks the inputs against the config (naming leaves), then runs ``jitted_apply``."""
   _validation.require_params(params, "magnitude_prune")
+  assert params is not None  # require_params raised otherwise
   _validation.check_refresh_flag(refresh_masks)
   plan = _config.make_plan(config, params)
   _state.check_state(config, plan, state, updates, params)
+  assert isinstance(state, MagnitudePruneState)  # check_state raised otherwise
   if not plan.pruned:
     return updates, state._replace(count=optax.safe_increment(state.count))
   return jitted_apply(updates, state, params, refresh_masks=refresh_masks)

@@ -53,7 +53,7 @@ across shards is rejected with an error naming the leaf.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, NamedTuple, Optional, TypeGuard, Union
 
 import jax
 import jax.numpy as jnp
@@ -116,12 +116,12 @@ class Channel(NamedTuple):
 Structure = Union[Block, Channel]
 
 
-def is_structured(pattern: Any) -> bool:
+def is_structured(pattern: Any) -> TypeGuard[Structure]:
   """True for a :class:`Block` or :class:`Channel` pattern (an ``(n, m)`` pair is N:M)."""
   return isinstance(pattern, (Block, Channel))
 
 
-def _is_int(v: Any) -> bool:
+def _is_int(v: Any) -> TypeGuard[Union[int, np.integer]]:
   return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 

@@ -1,4 +1,4 @@
-"""Small helpers shared by the examples: command line, confidence intervals, tables."""
+"""Small helpers shared by the examples: command line, confidence intervals, tables, reports, figures."""
 
 from __future__ import annotations
 
@@ -107,3 +107,27 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   lines += ["| " + " | ".join(row) + " |" for row in rows]
   return "\n".join(lines)
+
+
+def save_markdown(folder: str, name: str, text: str) -> None:
+  """Writes the markdown report ``text`` to ``folder/name`` and prints it."""
+  with open(os.path.join(folder, name), "w") as f:
+    f.write(text)
+  print(text)
+
+
+def accuracy_panel(ax, sparsities: Sequence[float], accs: dict, dense: float) -> None:
+  """Test accuracy (%) against sparsity on a matplotlib ``ax`` with a logit x axis ticked at ``sparsities``.
+
+  ``accs`` maps a method to its accuracies (%), shape ``(seeds, len(sparsities))``: one line each, mean
+  +- std over seeds; ``dense`` is the dense model's accuracy (%), a dotted line.
+  """
+  for method, acc in accs.items():
+    ax.errorbar(list(sparsities), acc.mean(0), yerr=acc.std(0), marker="o", capsize=3, label=method)
+  ax.axhline(dense, color="gray", ls=":", label="dense")
+  ax.set_xscale("logit")
+  ax.set_xticks(list(sparsities), minor=False)
+  ax.minorticks_off()
+  ax.set_xticklabels([f"{s:.0%}" for s in sparsities])
+  ax.set_xlabel("sparsity of every kernel")
+  ax.set_ylabel("test accuracy (%)")

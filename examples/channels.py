@@ -31,9 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from _common import markdown_table, parse_args
+from _training import MLP, load_digits_split, minibatch_step
 from flax import nnx
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 import cyclax
 
@@ -54,29 +53,6 @@ class Config(NamedTuple):
 
 
 QUICK = Config(hidden=128, num_cycles=2, cycle_steps=100, inference_batch=2048, timing_rounds=9)
-
-
-class MLP(nnx.Module):
-  """64 -> hidden -> hidden -> 10 with ReLU; ``layers`` is the stack that shrinks."""
-
-  def __init__(self, hidden: int, rngs: nnx.Rngs):
-    sizes = [64, hidden, hidden, 10]
-    self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    for layer in self.layers[:-1]:
-      x = jax.nn.relu(layer(x))
-    return self.layers[-1](x)
-
-
-def load_data():
-  """Train/test split of the digits, pixels scaled to [0, 1]."""
-  digits = load_digits()
-  x = (digits.data / 16.0).astype(np.float32)
-  x_train, x_test, y_train, y_test = train_test_split(
-    x, digits.target, test_size=0.25, random_state=0, stratify=digits.target
-  )
-  return jnp.asarray(x_train), jnp.asarray(y_train), jnp.asarray(x_test), jnp.asarray(y_test)
 
 
 def hidden_kernels(path: tuple, leaf: jax.Array) -> bool:
@@ -104,19 +80,10 @@ def train(model: MLP, data, cfg: Config, *, prune: bool):
       ),
     )
 
-  def loss_fn(p, xb, yb):
-    logits = nnx.merge(graphdef, p)(xb)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+  step = minibatch_step(graphdef, tx, x_train, y_train, cfg.batch_size)
 
   @jax.jit
   def run(p, key):
-    def step(carry, step_key):
-      p, state = carry
-      idx = jax.random.randint(step_key, (cfg.batch_size,), 0, x_train.shape[0])
-      grads = jax.grad(loss_fn)(p, x_train[idx], y_train[idx])
-      updates, state = tx.update(grads, state, p)
-      return (optax.apply_updates(p, updates), state), None
-
     steps = cfg.num_cycles * cfg.cycle_steps
     (p, state), _ = jax.lax.scan(step, (p, tx.init(p)), jax.random.split(key, steps))
     return p, state
@@ -153,11 +120,11 @@ def time_forward(models: dict, x: jax.Array, rounds: int) -> dict[str, list[floa
 def main() -> None:
   args = parse_args(__doc__.splitlines()[0])
   cfg = QUICK if args.quick else Config()
-  data = load_data()
+  data = load_digits_split()
   _, _, x_test, y_test = data
 
-  dense, _ = train(MLP(cfg.hidden, nnx.Rngs(cfg.seed)), data, cfg, prune=False)
-  masked, state = train(MLP(cfg.hidden, nnx.Rngs(cfg.seed)), data, cfg, prune=True)
+  dense, _ = train(MLP((64, cfg.hidden, cfg.hidden, 10), nnx.Rngs(cfg.seed)), data, cfg, prune=False)
+  masked, state = train(MLP((64, cfg.hidden, cfg.hidden, 10), nnx.Rngs(cfg.seed)), data, cfg, prune=True)
   masks = cyclax.get_masks(state)
   small = nnx.clone(masked)
   small.layers = nnx.List(cyclax.shrink_dense_stack(masked.layers, masks["layers"]))

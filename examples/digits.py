@@ -29,11 +29,11 @@ runs one optimizer only.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
 import time
-from typing import NamedTuple
 
 import _mask_history as mask_history
 import jax
@@ -41,11 +41,19 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 import optax
-from _common import markdown_table, parse_args
+from _common import accuracy_panel, markdown_table, parse_args, save_markdown
+from _training import (
+  MLP,
+  QUICK_SIZES,
+  StudyConfig,
+  accuracy,
+  load_digits_split,
+  measured_sparsity,
+  minibatch_step,
+  pruning_masks,
+)
 from flax import nnx
 from scipy import stats
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
 import cyclax
@@ -57,47 +65,21 @@ METHODS = ("one-shot", "gradual", "cyclical")
 OPTIMIZERS = ("adam", "sgd")
 
 
-class Config(NamedTuple):
-  """Sizes of one run."""
+@dataclasses.dataclass(frozen=True)
+class Config(StudyConfig):
+  """Sizes of one run (and the settings in ``StudyConfig``)."""
 
   sparsities: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
   seeds: int = 5
   dense_steps: int = 800
   prune_steps: int = 1200
   num_cycles: int = 3
-  update_every: int = 20
   batch_size: int = 64
   learning_rate: float = 1e-3  # Adam, dense pre-training and pruning
-  ramp_fraction: float = 0.8
   optimizers: tuple[str, ...] = OPTIMIZERS
-  sgd_learning_rate: float = 0.1
-  momentum: float = 0.9
 
 
-QUICK = Config(
-  sparsities=(0.5, 0.95),
-  seeds=2,
-  dense_steps=100,
-  prune_steps=150,
-  update_every=10,
-  num_cycles=3,
-  optimizers=("sgd",),
-)
-
-
-class MLP(nnx.Module):
-  """64 -> 128 -> 128 -> 10."""
-
-  def __init__(self, rngs: nnx.Rngs):
-    self.layers = nnx.List(
-      [nnx.Linear(64, 128, rngs=rngs), nnx.Linear(128, 128, rngs=rngs), nnx.Linear(128, 10, rngs=rngs)]
-    )
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    x = x.reshape(x.shape[0], -1)
-    for layer in self.layers[:-1]:
-      x = jax.nn.relu(layer(x))
-    return self.layers[-1](x)
+QUICK = Config(**QUICK_SIZES, sparsities=(0.5, 0.95), prune_steps=150, num_cycles=3)
 
 
 class CNN(nnx.Module):
@@ -115,17 +97,7 @@ class CNN(nnx.Module):
     return self.head(x.reshape(x.shape[0], -1))
 
 
-MODELS = {"MLP": MLP, "CNN": CNN}
-
-
-def load_data():
-  """Train/test split of the digits, pixels scaled to [0, 1]."""
-  digits = load_digits()
-  x = (digits.data / 16.0).astype(np.float32)
-  x_train, x_test, y_train, y_test = train_test_split(
-    x, digits.target, test_size=0.25, random_state=0, stratify=digits.target
-  )
-  return jnp.asarray(x_train), jnp.asarray(y_train), jnp.asarray(x_test), jnp.asarray(y_test)
+MODELS = {"MLP": lambda rngs: MLP((64, 128, 128, 10), rngs), "CNN": CNN}
 
 
 def peak_learning_rate(opt: str, cfg: Config) -> float:
@@ -177,11 +149,6 @@ def sparsity_of(method: str, target: float, cfg: Config) -> optax.Schedule:
   )
 
 
-def accuracy(graphdef, params, x, y) -> jax.Array:
-  logits = nnx.merge(graphdef, params)(x)
-  return jnp.mean(jnp.argmax(logits, -1) == y)
-
-
 def train(graphdef, params, key, target, data, *, method: str, cfg: Config, opt: str = "adam"):
   """One run as a ``lax.scan`` over refresh intervals of ``cfg.update_every`` steps.
 
@@ -197,21 +164,8 @@ def train(graphdef, params, key, target, data, *, method: str, cfg: Config, opt:
   steps = cfg.dense_steps if method == "dense" else cfg.prune_steps
   chunks = steps // cfg.update_every
 
-  def loss_fn(p, xb, yb):
-    logits = nnx.merge(graphdef, p)(xb)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
-
-  def step(carry, step_key):
-    p, state = carry
-    idx = jax.random.randint(step_key, (cfg.batch_size,), 0, x_train.shape[0])
-    grads = jax.grad(loss_fn)(p, x_train[idx], y_train[idx])
-    updates, state = tx.update(grads, state, p)
-    return (optax.apply_updates(p, updates), state), None
-
-  def masks_of(state):
-    if prune is None:
-      return []
-    return [m for m in jax.tree.leaves(cyclax.get_masks(state)) if m is not None]
+  step = minibatch_step(graphdef, tx, x_train, y_train, cfg.batch_size)
+  masks_of = (lambda state: []) if prune is None else pruning_masks
 
   def chunk(carry, xs):
     p, state, ever_pruned, history = carry
@@ -269,11 +223,10 @@ def run_model(name: str, data, cfg: Config, progress: tqdm) -> dict:
         jax.vmap(functools.partial(train, graphdef, method=method, cfg=cfg, opt=opt), in_axes=(0, 0, 0, None))
       )
       final, curves = fn(params, keys, targets, data)
-      zeros = jax.vmap(lambda p: cyclax.sparsity_report(p, filter=cyclax.default_filter)["total"])(final)
       shape = (cfg.seeds, num_s, -1)
       entry = {
         "final_acc": np.asarray(curves["acc"][:, -1]).reshape(cfg.seeds, num_s).tolist(),
-        "measured_sparsity": np.asarray(zeros).reshape(cfg.seeds, num_s).tolist(),
+        "measured_sparsity": measured_sparsity(final).reshape(cfg.seeds, num_s).tolist(),
       }
       out["methods"][method] = entry | compact_curves(
         {k: np.asarray(v).reshape(shape) for k, v in curves.items()}, cycle_stats=method == "cyclical"
@@ -403,16 +356,8 @@ def cycle_table(results: dict, cfg: Config) -> str:
 def plot_accuracy(results: dict, cfg: Config, path: str) -> None:
   fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.8), squeeze=False)
   for ax, (name, res) in zip(axes[0], results.items()):
-    for m in METHODS:
-      acc = np.asarray(res["methods"][m]["final_acc"]) * 100
-      ax.errorbar(list(cfg.sparsities), acc.mean(0), yerr=acc.std(0), marker="o", capsize=3, label=m)
-    ax.axhline(np.mean(res["dense_acc"]) * 100, color="gray", ls=":", label="dense")
-    ax.set_xscale("logit")
-    ax.set_xticks(list(cfg.sparsities), minor=False)
-    ax.minorticks_off()
-    ax.set_xticklabels([f"{s:.0%}" for s in cfg.sparsities])
-    ax.set_xlabel("sparsity of every kernel")
-    ax.set_ylabel("test accuracy (%)")
+    accs = {m: np.asarray(res["methods"][m]["final_acc"]) * 100 for m in METHODS}
+    accuracy_panel(ax, cfg.sparsities, accs, np.mean(res["dense_acc"]) * 100)
     ax.set_title(f"digits, {name}, {cfg.seeds} seeds (mean +- std)")
     ax.legend()
   fig.tight_layout()
@@ -485,8 +430,8 @@ def main() -> None:
   )
   cfg = QUICK if args.quick else Config()
   if args.optimizer is not None:
-    cfg = cfg._replace(optimizers=OPTIMIZERS if args.optimizer == "both" else (args.optimizer,))
-  data = load_data()
+    cfg = dataclasses.replace(cfg, optimizers=OPTIMIZERS if args.optimizer == "both" else (args.optimizer,))
+  data = load_digits_split()
   json_path = os.path.join(args.out, "digits.json")
   if args.replot:
     with open(json_path) as f:
@@ -504,7 +449,7 @@ def main() -> None:
           results[label(name, opt)] = res
     seconds = time.perf_counter() - start
     with open(json_path, "w") as f:
-      json.dump({"config": cfg._asdict(), "results": results, "seconds": seconds}, f)
+      json.dump({"config": dataclasses.asdict(cfg), "results": results, "seconds": seconds}, f)
   target = 0.95 if 0.95 in cfg.sparsities else cfg.sparsities[-1]
   plot_accuracy(results, cfg, os.path.join(args.out, "accuracy_vs_sparsity.png"))
   plot_regrowth(results, cfg, target, os.path.join(args.out, "regrowth.png"))
@@ -513,16 +458,14 @@ def main() -> None:
     [
       "# Digits: one-shot vs gradual vs cyclical",
       "",
-      f"Config: {cfg._asdict()}; {len(data[0])} train / {len(data[2])} test images"
+      f"Config: {dataclasses.asdict(cfg)}; {len(data[0])} train / {len(data[2])} test images"
       + ("." if seconds is None else f"; {seconds:.0f} s for all runs."),
       "",
       results_table(results, cfg),
       cycle_table(results, cfg),
     ]
   )
-  with open(os.path.join(args.out, "digits.md"), "w") as f:
-    f.write(text)
-  print(text)
+  save_markdown(args.out, "digits.md", text)
   print(f"wrote {args.out}/digits.md, digits.json, accuracy_vs_sparsity.png, regrowth.png, schedule.png")
 
 

@@ -45,6 +45,7 @@ configuration run together under ``jax.vmap``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import json
@@ -60,7 +61,16 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 import optax
-from _common import markdown_table, parse_args
+from _common import accuracy_panel, markdown_table, parse_args, save_markdown
+from _training import (
+  MLP,
+  QUICK_SIZES,
+  StudyConfig,
+  accuracy,
+  measured_sparsity,
+  minibatch_step,
+  pruning_masks,
+)
 from flax import nnx
 from scipy import stats
 from tqdm import tqdm
@@ -84,8 +94,9 @@ VARIANTS = {
 }
 
 
-class Config(NamedTuple):
-  """Sizes of one run."""
+@dataclasses.dataclass(frozen=True)
+class Config(StudyConfig):
+  """Sizes of one run (and the settings in ``StudyConfig``)."""
 
   sparsities: tuple[float, ...] = (0.9, 0.95, 0.98, 0.99)
   seeds: int = 10
@@ -95,12 +106,8 @@ class Config(NamedTuple):
   dense_learning_rate: float = 3e-3  # Adam with cosine decay
   budgets: tuple[int, ...] = (1000, 3000)  # pruning steps after the dense checkpoint (25 and 75 epochs)
   num_cycles: int = 5
-  update_every: int = 20
   batch_size: int = 100
-  sgd_learning_rate: float = 0.1
-  momentum: float = 0.9
   adam_learning_rate: float = 0.03
-  ramp_fraction: float = 0.8
   optimizers: tuple[str, ...] = OPTIMIZERS
   ramp_optimizers: tuple[str, ...] = OPTIMIZERS  # the Table 5 analogue
   ramps: tuple[str, ...] = RAMPS
@@ -116,15 +123,12 @@ class Config(NamedTuple):
 
 
 QUICK = Config(
+  **QUICK_SIZES,
   sparsities=(0.9, 0.99),
-  seeds=2,
   samples=1000,
   hidden=32,
-  dense_steps=100,
   budgets=(100,),
   num_cycles=2,
-  update_every=10,
-  optimizers=("sgd",),
   ramp_optimizers=("sgd",),
   ramps=("cubic",),
   variants=("protect",),
@@ -158,24 +162,6 @@ class Run(NamedTuple):
   def cycle_steps(self) -> int:
     cyclic = self.method in ("cyclical", "no-drop", *VARIANTS)
     return self.steps // self.num_cycles if cyclic else self.steps
-
-
-class MLP(nnx.Module):
-  """40 -> hidden -> hidden -> 10 with ReLU."""
-
-  def __init__(self, hidden: int, rngs: nnx.Rngs):
-    self.layers = nnx.List(
-      [
-        nnx.Linear(40, hidden, rngs=rngs),
-        nnx.Linear(hidden, hidden, rngs=rngs),
-        nnx.Linear(hidden, 10, rngs=rngs),
-      ]
-    )
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    for layer in self.layers[:-1]:
-      x = jax.nn.relu(layer(x))
-    return self.layers[-1](x)
 
 
 def _mnist1d_data_module():
@@ -287,8 +273,7 @@ def protect_regrown(
   transformation's new masks, so the ranking trick never reaches the params.
   """
 
-  def masks_of(state):
-    return [m for m in jax.tree.leaves(cyclax.get_masks(state)) if m is not None]
+  masks_of = pruning_masks
 
   def init(params):
     inner = prune.init(params)
@@ -344,11 +329,6 @@ def transformation(run: Run, target, cfg: Config) -> optax.GradientTransformatio
   return optax.chain(opt, prune)
 
 
-def find_masks(state) -> list:
-  """The keep-masks of the pruned leaves, in leaf order."""
-  return [m for m in jax.tree.leaves(cyclax.get_masks(state)) if m is not None]
-
-
 def train(graphdef, params, batch_key, target, data, *, run: Run, cfg: Config):
   """One run as a ``lax.scan`` over intervals of ``run.update_every`` steps.
 
@@ -366,25 +346,14 @@ def train(graphdef, params, batch_key, target, data, *, run: Run, cfg: Config):
   every = run.update_every if run.method != "dense" else 100
   chunks = steps // every
 
-  def loss_fn(p, xb, yb):
-    logits = nnx.merge(graphdef, p)(xb)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
-
-  def step(carry, step_key):
-    p, state = carry
-    idx = jax.random.randint(step_key, (cfg.batch_size,), 0, x_train.shape[0])
-    grads = jax.grad(loss_fn)(p, x_train[idx], y_train[idx])
-    updates, state = tx.update(grads, state, p)
-    return (optax.apply_updates(p, updates), state), None
-
-  def accuracy(p):
-    return jnp.mean(jnp.argmax(nnx.merge(graphdef, p)(x_test), -1) == y_test)
+  step = minibatch_step(graphdef, tx, x_train, y_train, cfg.batch_size)
+  test_accuracy = functools.partial(accuracy, graphdef, x=x_test, y=y_test)
 
   if run.method == "dense":
 
     def dense_chunk(carry, chunk_key):
       carry, _ = jax.lax.scan(step, carry, jax.random.split(chunk_key, every))
-      return carry, accuracy(carry[0])
+      return carry, test_accuracy(carry[0])
 
     (params, _), acc = jax.lax.scan(
       dense_chunk, (params, tx.init(params)), jax.random.split(batch_key, chunks)
@@ -395,20 +364,20 @@ def train(graphdef, params, batch_key, target, data, *, run: Run, cfg: Config):
     p, state, history = carry
     chunk_key, flag = xs
     (p, state), _ = jax.lax.scan(step, (p, state), jax.random.split(chunk_key, every))
-    history, stats = mask_history.update(history, find_masks(state), flag)
-    return (p, state, history), {"acc": accuracy(p), **stats}
+    history, stats = mask_history.update(history, pruning_masks(state), flag)
+    return (p, state, history), {"acc": test_accuracy(p), **stats}
 
   state = tx.init(params)
-  carry = (params, state, mask_history.init(find_masks(state)))
+  carry = (params, state, mask_history.init(pruning_masks(state)))
   xs = (jax.random.split(batch_key, chunks), mask_history.flags(chunks, run.cycle_steps // every))
   (params, *_), out = jax.lax.scan(chunk, carry, xs)
   return params, out
 
 
 def init_params(cfg: Config):
-  graphdef, _ = nnx.split(MLP(cfg.hidden, nnx.Rngs(0)))
+  graphdef, _ = nnx.split(MLP((40, cfg.hidden, cfg.hidden, 10), nnx.Rngs(0)))
   seed_keys = jax.random.split(jax.random.key(0), cfg.seeds)
-  params = jax.vmap(lambda k: nnx.split(MLP(cfg.hidden, nnx.Rngs(k)))[1])(seed_keys)
+  params = jax.vmap(lambda k: nnx.split(MLP((40, cfg.hidden, cfg.hidden, 10), nnx.Rngs(k)))[1])(seed_keys)
   return graphdef, params, seed_keys
 
 
@@ -421,9 +390,8 @@ def run_config(graphdef, dense, seed_keys, data, run: Run, cfg: Config) -> dict:
   keys = jnp.repeat(jax.vmap(lambda k: jax.random.fold_in(k, 2))(seed_keys), num_s)
   fn = jax.jit(jax.vmap(functools.partial(train, graphdef, run=run, cfg=cfg), in_axes=(0, 0, 0, None)))
   final, out = fn(params, keys, targets, data)
-  zeros = jax.vmap(lambda p: cyclax.sparsity_report(p, filter=cyclax.default_filter)["total"])(final)
   curves = {k: np.asarray(v, np.float64).reshape(cfg.seeds, num_s, -1) for k, v in out.items()}
-  return summarize(curves, np.asarray(zeros, np.float64).reshape(cfg.seeds, num_s))
+  return summarize(curves, measured_sparsity(final).reshape(cfg.seeds, num_s))
 
 
 def summarize(curves: dict, measured_sparsity: np.ndarray) -> dict:
@@ -709,16 +677,8 @@ def plot_accuracy(results: dict, cfg: Config, path: str) -> None:
   panels = [(opt, steps) for opt in cfg.optimizers for steps in cfg.budgets]
   fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
   for ax, (opt, steps) in zip(axes[0], panels):
-    for m in METHODS:
-      acc = final_acc(results, main_run(m, opt, steps, cfg))
-      ax.errorbar(list(cfg.sparsities), acc.mean(0), yerr=acc.std(0), marker="o", capsize=3, label=m)
-    ax.axhline(np.mean(results["dense"]["acc"]) * 100, color="gray", ls=":", label="dense")
-    ax.set_xscale("logit")
-    ax.set_xticks(list(cfg.sparsities), minor=False)
-    ax.minorticks_off()
-    ax.set_xticklabels([f"{s:.0%}" for s in cfg.sparsities])
-    ax.set_xlabel("sparsity of every kernel")
-    ax.set_ylabel("test accuracy (%)")
+    accs = {m: final_acc(results, main_run(m, opt, steps, cfg)) for m in METHODS}
+    accuracy_panel(ax, cfg.sparsities, accs, np.mean(results["dense"]["acc"]) * 100)
     ax.set_title(f"{opt}, {steps} steps, {cfg.seeds} seeds (mean +- std)", fontsize=9)
     ax.legend(fontsize=7)
   fig.tight_layout()
@@ -826,7 +786,7 @@ def main() -> None:
     data = load_data(cfg.samples)
     results, seconds = run_all(cfg, data)
     with open(json_path, "w") as f:
-      json.dump({"config": cfg._asdict(), "results": results, "seconds": seconds}, f)
+      json.dump({"config": dataclasses.asdict(cfg), "results": results, "seconds": seconds}, f)
   write_report(results, seconds, cfg, args)
 
 
@@ -853,7 +813,7 @@ def write_report(results: dict, seconds: dict, cfg: Config, args) -> None:
     "included; per-configuration times at the end). `python examples/mnist1d.py --replot` redraws the "
     "tables and figures from `mnist1d.json`.",
     "",
-    f"Config: `{cfg._asdict()}`.",
+    f"Config: `{dataclasses.asdict(cfg)}`.",
     "",
     f"Dense MLP (40-{cfg.hidden}-{cfg.hidden}-10) after {cfg.dense_steps} Adam steps: "
     f"{dense.mean():.2f} +- {dense.std():.2f}% test accuracy over {cfg.seeds} seeds. Every pruning run "
@@ -935,9 +895,7 @@ def write_report(results: dict, seconds: dict, cfg: Config, args) -> None:
   plot_regrowth(results, cfg, os.path.join(args.out, "mnist1d_regrowth.png"))
   plot_schedules(cfg, os.path.join(args.out, "mnist1d_schedules.png"))
   text = "\n".join(lines)
-  with open(os.path.join(args.out, "mnist1d.md"), "w") as f:
-    f.write(text)
-  print(text)
+  save_markdown(args.out, "mnist1d.md", text)
   print(f"wrote {args.out}/mnist1d.md, mnist1d.json and three PNGs")
 
 

@@ -1,8 +1,10 @@
-"""Independent NumPy / Python-int references for the cyclax tests.
+"""Independent NumPy / Python-int references for the cyclax tests, and their shared helpers.
 
-Nothing here imports cyclax: every function restates the documented contract
+Nothing here imports cyclax: every reference restates the documented contract
 in the most direct way (sorting, Python integers, a plain loop), so that the
-tests compare the library against a second implementation.
+tests compare the library against a second implementation. The helpers at the
+end (random trees, a regression loss, an optax step loop) import jax and optax
+only when called, and never flax: the core-tests job runs without it.
 """
 
 from __future__ import annotations
@@ -317,3 +319,72 @@ def assert_trees_bitwise_equal(a, b) -> None:
     x, y = np.asarray(x), np.asarray(y)
     assert x.dtype == y.dtype, (x.dtype, y.dtype)
     np.testing.assert_array_equal(bits(x), bits(y))
+
+
+def random_tree(seed: int, shapes_and_dtypes: dict) -> dict:
+  """``{name: (shape, dtype)}`` to standard normal jax arrays from ``default_rng(seed)``, in dict order."""
+  import jax.numpy as jnp
+
+  rng = np.random.default_rng(seed)
+  return {
+    name: jnp.asarray(rng.standard_normal(shape), dtype) for name, (shape, dtype) in shapes_and_dtypes.items()
+  }
+
+
+def random_like(tree, seed: int):
+  """Standard normal jax arrays shaped and typed like the leaves of ``tree``, in ``jax.tree`` leaf order."""
+  import jax
+  import jax.numpy as jnp
+
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape), x.dtype), tree)
+
+
+def tanh_regression_loss(
+  layers: tuple[str, str], x_key: int, y_key: int, num_examples: int, sizes: tuple[int, int]
+):
+  """The loss ``params -> mean((layers[1](tanh(layers[0](x))) - y) ** 2)`` of a two-layer regression.
+
+  ``params[name]`` holds a ``kernel`` and a ``bias``; ``x`` and ``y`` are standard normal draws from
+  ``jax.random.key(x_key)`` and ``jax.random.key(y_key)``, ``sizes`` their widths.
+  """
+  import jax
+  import jax.numpy as jnp
+
+  x = jax.random.normal(jax.random.key(x_key), (num_examples, sizes[0]))
+  y = jax.random.normal(jax.random.key(y_key), (num_examples, sizes[1]))
+  first, second = layers
+
+  def loss(p):
+    h = jnp.tanh(x @ p[first]["kernel"] + p[first]["bias"])
+    return jnp.mean((h @ p[second]["kernel"] + p[second]["bias"] - y) ** 2)
+
+  return loss
+
+
+def run_history(
+  tx, params, num_steps: int, grads_fn: Callable, *, jit: bool = True, donate: bool = False
+) -> list:
+  """Runs the optax transformation ``tx`` from ``params``; returns ``(params, state)`` after every step.
+
+  Step ``t`` applies the updates of ``grads_fn(params, t)``. With ``donate``, the jitted step donates a
+  copy of ``params`` and its state, and the history holds NumPy copies taken before their buffers go.
+  """
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  if jit:
+    step = jax.jit(step, donate_argnums=(0, 1) if donate else ())
+  if donate:
+    params = jax.tree.map(jnp.copy, params)
+  state = tx.init(params)
+  history = []
+  for t in range(num_steps):
+    params, state = step(params, state, grads_fn(params, t))
+    history.append(jax.tree.map(np.asarray, (params, state)) if donate else (params, state))
+  return history

@@ -322,21 +322,13 @@ def test_updates_with_another_structure_say_so():
     tx.update({"dense": _grads(params)["dense"]}, tx.init(params), params)
 
 
-@pytest.mark.parametrize("state_packed", [True, False])
-def test_state_with_the_other_packed_masks_setting_says_which_setting(state_packed):
+@pytest.mark.parametrize("setting", ["packed_masks", "track_regrowth"])
+@pytest.mark.parametrize("state_value", [True, False])
+def test_state_with_the_other_mask_setting_says_which_setting(setting, state_value):
   params = _params()
-  state = cyclax.magnitude_prune(0.5, packed_masks=state_packed).init(params)
-  tx = cyclax.magnitude_prune(0.5, packed_masks=not state_packed)
-  with pytest.raises(ValueError, match=rf"packed_masks={state_packed}.*packed_masks={not state_packed}"):
-    tx.update(_grads(params), state, params)
-
-
-@pytest.mark.parametrize("state_tracks", [True, False])
-def test_state_with_the_other_track_regrowth_setting_says_which_setting(state_tracks):
-  params = _params()
-  state = cyclax.magnitude_prune(0.5, track_regrowth=state_tracks).init(params)
-  tx = cyclax.magnitude_prune(0.5, track_regrowth=not state_tracks)
-  with pytest.raises(ValueError, match=rf"track_regrowth={state_tracks}"):
+  state = cyclax.magnitude_prune(0.5, **{setting: state_value}).init(params)
+  tx = cyclax.magnitude_prune(0.5, **{setting: not state_value})
+  with pytest.raises(ValueError, match=rf"{setting}={state_value}.*{setting}={not state_value}"):
     tx.update(_grads(params), state, params)
 
 

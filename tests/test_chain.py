@@ -2,7 +2,6 @@
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import pytest
 import reference
@@ -11,32 +10,17 @@ import cyclax
 
 
 def _params(seed=0):
-  rng = np.random.default_rng(seed)
-  return {
-    "w": jnp.asarray(rng.standard_normal((12, 8)), jnp.float32),
-    "v": jnp.asarray(rng.standard_normal((4, 8)), jnp.bfloat16),
-    "b": jnp.asarray(rng.standard_normal(8), jnp.float32),
-  }
+  return reference.random_tree(
+    seed, {"w": ((12, 8), jnp.float32), "v": ((4, 8), jnp.bfloat16), "b": (8, jnp.float32)}
+  )
 
 
 def _grads(params, t):
-  rng = np.random.default_rng(500 + t)
-  return {k: jnp.asarray(rng.standard_normal(v.shape), v.dtype) for k, v in params.items()}
+  return reference.random_tree(500 + t, {k: (v.shape, v.dtype) for k, v in params.items()})
 
 
 def _run(tx, params, num_steps):
-  def step(params, state, grads):
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
-  step = jax.jit(step, donate_argnums=(0, 1))
-  params = jax.tree.map(jnp.copy, params)
-  state = tx.init(params)
-  history = []
-  for t in range(num_steps):
-    params, state = step(params, state, _grads(params, t))
-    history.append(jax.tree.map(np.asarray, (params, state)))
-  return history
+  return reference.run_history(tx, params, num_steps, _grads, donate=True)
 
 
 CASES = {

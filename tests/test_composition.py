@@ -7,6 +7,7 @@ from typing import NamedTuple, Optional
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import nnx_models
 import numpy as np
 import optax
 import pytest
@@ -21,33 +22,18 @@ LR = 0.25  # a power of two: the SGD step is exact, so NumPy references agree bi
 
 
 def _params(seed=0):
-  rng = np.random.default_rng(seed)
-  return {
-    "w": jnp.asarray(rng.standard_normal((5, 7)), jnp.float32),
-    "v": jnp.asarray(rng.standard_normal((3, 3)), jnp.bfloat16),
-    "b": jnp.asarray(rng.standard_normal(7), jnp.float32),
-  }
+  return reference.random_tree(
+    seed, {"w": ((5, 7), jnp.float32), "v": ((3, 3), jnp.bfloat16), "b": (7, jnp.float32)}
+  )
 
 
 def _grads(params, seed):
-  rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype), params)
+  return reference.random_like(params, seed)
 
 
 def _run(tx, params, num_steps, jit=True, grads_fn=_grads):
   """Returns the params and optimizer state after every step."""
-
-  def step(params, state, grads):
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
-  step = jax.jit(step) if jit else step
-  state = tx.init(params)
-  out = []
-  for t in range(num_steps):
-    params, state = step(params, state, grads_fn(params, t))
-    out.append((params, state))
-  return out
+  return reference.run_history(tx, params, num_steps, grads_fn, jit=jit)
 
 
 def _assert_exact_sparsity(params, sparsity, names):
@@ -213,17 +199,8 @@ def test_flax_train_state_apply_gradients_equals_plain_loop():
   )
 
 
-class _MLP(nnx.Module):
-  def __init__(self, rngs):
-    self.hidden = nnx.Linear(6, 9, rngs=rngs)
-    self.out = nnx.Linear(9, 3, rngs=rngs)
-
-  def __call__(self, x):
-    return self.out(nnx.relu(self.hidden(x)))
-
-
 def test_flax_nnx_optimizer_under_nnx_jit():
-  model = _MLP(nnx.Rngs(0))
+  model = nnx_models.MLP(nnx.Rngs(0))
   tx = optax.chain(optax.sgd(LR), cyclax.magnitude_prune(0.5, update_every=1))
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   params = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))  # a plain optax run beside it
@@ -257,7 +234,7 @@ def test_flax_nnx_optimizer_under_nnx_jit():
 
 
 def test_flax_nnx_leaf_names_have_no_value_suffix():
-  model = _MLP(nnx.Rngs(1))
+  model = nnx_models.MLP(nnx.Rngs(1))
   tx = optax.chain(optax.sgd(LR), cyclax.magnitude_prune(0.5, update_every=1))
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   x = jnp.asarray(np.random.default_rng(12).standard_normal((8, 6)), jnp.float32)

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import reference
 
 import cyclax
 
@@ -78,13 +79,7 @@ def _pruning_run(packed_masks: bool):
     "l1": {"kernel": jax.random.normal(jax.random.key(0), (8, 6)), "bias": jnp.zeros(6)},
     "l2": {"kernel": jax.random.normal(jax.random.key(1), (6, 4)), "bias": jnp.zeros(4)},
   }
-  x = jax.random.normal(jax.random.key(2), (32, 8))
-  y = jax.random.normal(jax.random.key(3), (32, 4))
-
-  def loss(p):
-    h = jnp.tanh(x @ p["l1"]["kernel"] + p["l1"]["bias"])
-    return jnp.mean((h @ p["l2"]["kernel"] + p["l2"]["bias"] - y) ** 2)
-
+  loss = reference.tanh_regression_loss(("l1", "l2"), 2, 3, num_examples=32, sizes=(8, 4))
   tx = optax.chain(
     optax.adam(0.1),
     cyclax.cyclical_prune(0.8, num_cycles=2, cycle_steps=10, update_every=2, packed_masks=packed_masks),

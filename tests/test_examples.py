@@ -25,6 +25,15 @@ def _run(script: str, out: str) -> str:
   return result.stdout
 
 
+def _run_for_json(script: str, out, files: tuple[str, ...]) -> dict:
+  """Runs ``script --quick`` into the folder ``out``; checks it wrote ``files``, returns the JSON it wrote."""
+  _run(script, str(out))
+  for name in files:
+    assert (out / name).stat().st_size > 0, name
+  with open(out / script.replace(".py", ".json")) as f:
+    return json.load(f)
+
+
 def _numbers(text: str) -> list[float]:
   return [float(x) for x in re.findall(r"-?\d+\.\d+|nan|inf", text)]
 
@@ -41,11 +50,9 @@ def test_linear_recovery_quick_writes_a_finite_table(tmp_path):
 
 
 def test_digits_quick_writes_finite_results_and_plots(tmp_path):
-  _run("digits.py", str(tmp_path))
-  for name in ("digits.md", "accuracy_vs_sparsity.png", "regrowth.png", "schedule.png"):
-    assert (tmp_path / name).stat().st_size > 0, name
-  with open(tmp_path / "digits.json") as f:
-    data = json.load(f)
+  data = _run_for_json(
+    "digits.py", tmp_path, ("digits.md", "accuracy_vs_sparsity.png", "regrowth.png", "schedule.png")
+  )
   results = data["results"]
   assert results
   for res in results.values():
@@ -209,11 +216,11 @@ def test_channels_quick_shrinks_the_channel_pruned_mlp_without_changing_it(tmp_p
 
 
 def test_mnist1d_quick_writes_finite_results_tables_and_plots(tmp_path):
-  _run("mnist1d.py", str(tmp_path))
-  for name in ("mnist1d.md", "mnist1d_accuracy.png", "mnist1d_regrowth.png", "mnist1d_schedules.png"):
-    assert (tmp_path / name).stat().st_size > 0, name
-  with open(tmp_path / "mnist1d.json") as f:
-    data = json.load(f)
+  data = _run_for_json(
+    "mnist1d.py",
+    tmp_path,
+    ("mnist1d.md", "mnist1d_accuracy.png", "mnist1d_regrowth.png", "mnist1d_schedules.png"),
+  )
   results = data["results"]
   methods = {label.split("/")[0] for label in results if label != "dense"}
   assert {"one-shot", "gradual", "cyclical", "no-drop"} <= methods

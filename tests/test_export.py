@@ -253,17 +253,10 @@ def test_masks_under_optax_masked_leave_masked_out_leaves_dense():
 
 
 def test_flax_nnx_params_state_exports_with_the_optimizer_masks():
+  import nnx_models
   from flax import nnx
 
-  class Net(nnx.Module):
-    def __init__(self, rngs):
-      self.hidden = nnx.Linear(6, 9, rngs=rngs)
-      self.out = nnx.Linear(9, 3, rngs=rngs)
-
-    def __call__(self, x):
-      return self.out(jnp.tanh(self.hidden(x)))
-
-  model = Net(nnx.Rngs(0))
+  model = nnx_models.MLP(nnx.Rngs(0), activation=jnp.tanh)
   optimizer = nnx.Optimizer(
     model, optax.chain(optax.adam(1e-2), cyclax.magnitude_prune(0.5, update_every=1)), wrt=nnx.Param
   )

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import reference
 
 import cyclax
 
@@ -26,13 +27,7 @@ def kernels(tree):
 def run(track_regrowth, steps=24, jit=True, packed_masks=False):
   """Adam on a random regression with 2 pruning cycles; yields (params, state) after every step."""
   params = make_params()
-  x = jax.random.normal(jax.random.key(7), (16, 6))
-  y = jax.random.normal(jax.random.key(8), (16, 3))
-
-  def loss(p):
-    h = jnp.tanh(x @ p["layer1"]["kernel"] + p["layer1"]["bias"])
-    return jnp.mean((h @ p["layer2"]["kernel"] + p["layer2"]["bias"] - y) ** 2)
-
+  loss = reference.tanh_regression_loss(("layer1", "layer2"), 7, 8, num_examples=16, sizes=(6, 3))
   tx = optax.chain(
     optax.adam(0.1),
     cyclax.cyclical_prune(

@@ -38,20 +38,8 @@ def _grads(params, targets):
 
 def _train(tx, params, targets, num_steps, jit):
   """Runs ``tx`` with NumPy gradients; returns params and states after every step."""
-
-  def step(params, state, grads):
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
-  if jit:
-    step = jax.jit(step)
   params = jax.tree.map(jnp.asarray, params)
-  state = tx.init(params)
-  history = []
-  for _ in range(num_steps):
-    params, state = step(params, state, _grads(params, targets))
-    history.append((params, state))
-  return history
+  return reference.run_history(tx, params, num_steps, lambda p, t: _grads(p, targets), jit=jit)
 
 
 # name: (sparsity, update_every, the steps where the schedule settles)

@@ -22,6 +22,13 @@ def _eval(schedule, steps, jit):
   return np.array([float(schedule(int(t))) for t in steps])
 
 
+def _cyclical(target, cycles, steps, initial, fraction, **ramp):
+  """The cyclical schedule of a case row: target, num_cycles, cycle_steps, initial, ramp_fraction."""
+  return cyclax.cyclical_sparsity_schedule(
+    target, num_cycles=cycles, cycle_steps=steps, initial_sparsity=initial, ramp_fraction=fraction, **ramp
+  )
+
+
 CYCLICAL_CASES = [
   # target, num_cycles, cycle_steps, initial_sparsity, ramp_fraction
   (0.9, 3, 20, None, 0.8),
@@ -37,9 +44,7 @@ CYCLICAL_CASES = [
 @pytest.mark.parametrize("case", CYCLICAL_CASES)
 def test_cyclical_schedule_equals_closed_form(case, jit):
   target, num_cycles, cycle_steps, initial, ramp = case
-  schedule = cyclax.cyclical_sparsity_schedule(
-    target, num_cycles=num_cycles, cycle_steps=cycle_steps, initial_sparsity=initial, ramp_fraction=ramp
-  )
+  schedule = _cyclical(target, num_cycles, cycle_steps, initial, ramp)
   steps = np.arange(num_cycles * cycle_steps + 4)
   if not jit:
     steps = steps[:: max(1, len(steps) // 12)]
@@ -101,14 +106,7 @@ RAMP_CASES = [
 @pytest.mark.parametrize("case", RAMP_CASES)
 def test_cyclical_schedule_ramps_equal_closed_form(case, ramp, jit):
   target, num_cycles, cycle_steps, initial, fraction = case
-  schedule = cyclax.cyclical_sparsity_schedule(
-    target,
-    num_cycles=num_cycles,
-    cycle_steps=cycle_steps,
-    initial_sparsity=initial,
-    ramp_fraction=fraction,
-    ramp=ramp,
-  )
+  schedule = _cyclical(target, num_cycles, cycle_steps, initial, fraction, ramp=ramp)
   steps = np.arange(num_cycles * cycle_steps + 3)
   expected = [
     reference.cyclical_sparsity_with_ramp(int(t), target, num_cycles, cycle_steps, initial, fraction, ramp)
@@ -183,14 +181,7 @@ def test_gradual_cubic_ramp_is_the_default_bit_for_bit():
 def test_cyclical_schedule_clips_traced_arguments_into_range(given, clipped, ramp):
   @jax.jit
   def values(target, num_cycles, cycle_steps, initial, fraction):
-    schedule = cyclax.cyclical_sparsity_schedule(
-      target,
-      num_cycles=num_cycles,
-      cycle_steps=cycle_steps,
-      initial_sparsity=initial,
-      ramp_fraction=fraction,
-      ramp=ramp,
-    )
+    schedule = _cyclical(target, num_cycles, cycle_steps, initial, fraction, ramp=ramp)
     return jax.vmap(schedule)(jnp.arange(-2, 30))
 
   got = np.asarray(values(*(jnp.asarray(v) for v in given)))
