@@ -33,5 +33,5 @@ start=$SECONDS
 python3 -m venv "$scratch/venv"
 "$scratch/venv/bin/python" -m pip install -q $oldest -e . pytest pytest-xdist hypothesis
 echo "oldest versions: $("$scratch/venv/bin/python" -c 'import jax, jaxlib, optax; print("jax", jax.__version__, "jaxlib", jaxlib.__version__, "optax", optax.__version__)') (installed in $((SECONDS - start)) s)"
-"$scratch/venv/bin/python" -m pytest -q -n auto -p no:cacheprovider "${CORE_TESTS[@]}"
+"$scratch/venv/bin/python" -m pytest -q -n 4 -p no:cacheprovider "${CORE_TESTS[@]}"
 echo "oldest-versions job: $((SECONDS - start)) s"

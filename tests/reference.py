@@ -9,6 +9,7 @@ only when called, and never flax: the core-tests job runs without it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 
@@ -388,3 +389,18 @@ def run_history(
     params, state = step(params, state, grads_fn(params, t))
     history.append(jax.tree.map(np.asarray, (params, state)) if donate else (params, state))
   return history
+
+
+def subprocess_env(num_devices: int | None = None) -> dict[str, str]:
+  """The environment for a child Python process on the CPU backend.
+
+  The test session's XLA flags are kept (``conftest.py`` sets the compiler's
+  optimisation level), with ``num_devices`` forced host devices if given.
+  """
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  flags = env.get("XLA_FLAGS", "").split()
+  flags = [f for f in flags if not f.startswith("--xla_force_host_platform_device_count")]
+  if num_devices:
+    flags.append(f"--xla_force_host_platform_device_count={num_devices}")
+  env["XLA_FLAGS"] = " ".join(flags)
+  return env

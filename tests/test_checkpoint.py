@@ -1,6 +1,5 @@
 """Exact resume with orbax: a run restored in a fresh process continues bit for bit."""
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -70,8 +69,7 @@ SCRIPT = textwrap.dedent(
 
 
 def _run(mode, ckpt_dir, out_file):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env["JAX_PLATFORMS"] = "cpu"
+  env = reference.subprocess_env()  # one device
   result = subprocess.run(
     [sys.executable, "-c", SCRIPT, mode, str(ckpt_dir), str(out_file)],
     env=env,

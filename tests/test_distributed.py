@@ -30,10 +30,7 @@ TIMEOUT_S = 240
 
 
 def _env(num_devices: int) -> dict[str, str]:
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
-  env["JAX_PLATFORMS"] = "cpu"
-  return env
+  return reference.subprocess_env(num_devices)
 
 
 def _load(out_dir) -> tuple[dict[str, np.ndarray], dict]:

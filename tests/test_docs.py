@@ -13,6 +13,7 @@ import sys
 import textwrap
 
 import pytest
+import reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICES_MARKER = "<!-- test: 8 devices -->"
@@ -54,7 +55,7 @@ def test_every_python_block_of_the_page_runs(page, tmp_path, monkeypatch):
   text = _read(page)
   if DEVICES_MARKER in text:
     program = "namespace = {'__name__': '__docs__'}\n" + _script(page)
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    env = reference.subprocess_env(8)
     result = subprocess.run(
       [sys.executable, "-c", program], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )

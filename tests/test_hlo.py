@@ -4,7 +4,6 @@ Runs in a subprocess with 8 forced CPU devices (set before jax is imported).
 """
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -70,7 +69,7 @@ SCRIPT = textwrap.dedent(
 
 
 def _run():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  env = reference.subprocess_env(8)
   cmd = [sys.executable, "-c", SCRIPT]
   result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-4000:]

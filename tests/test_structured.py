@@ -259,7 +259,7 @@ _SHARDED_SCRIPT = textwrap.dedent(
 
 
 def test_sharded_jit_shard_map_and_pmap_equal_the_unsharded_masks():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  env = reference.subprocess_env(8)
   env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.abspath(__file__)), env.get("PYTHONPATH", "")])
   result = subprocess.run(
     [sys.executable, "-c", _SHARDED_SCRIPT], env=env, capture_output=True, text=True, timeout=600
