@@ -134,7 +134,7 @@ def _owned_step(
     updates, _ = inner.update(grads, inner_state, params, **extra_args)
     p_in, u_in = _step.pruned_leaves(plan, params), _step.pruned_leaves(plan, updates)
     result = _step.refresh(config, plan, prune_state, p_in, u_in)
-    return result._replace(masks=[_step.store(config, m) for m in result.masks]), jnp.ones([], jnp.bool_)
+    return result._replace(masks=[_step.as_stored(config, m) for m in result.masks]), jnp.ones([], jnp.bool_)
 
   def kept(grads, inner_state, params, prune_state):
     del grads, inner_state, params
@@ -145,7 +145,7 @@ def _owned_step(
   grads, inner_state, params = _after(ok, (grads, inner_state, params))
   updates, inner_state = inner.update(grads, inner_state, params, **extra_args)
   assert isinstance(inner_state, tuple)  # optax.chain's update returns its state as a tuple
-  masks = [_step.load(m) for m in result.masks]
+  masks = [_step.as_bool(m) for m in result.masks]
   updates, prune_state = _step.project(
     config, plan, prune_state, updates, params, masks, result.masks, result
   )

@@ -37,7 +37,7 @@ def init(config: _config.PruneConfig, params: optax.Params) -> MagnitudePruneSta
   )
   return MagnitudePruneState(
     count=zero(),
-    masks=plan.treedef.unflatten([None if m is None else store(config, m) for m in masks]),
+    masks=plan.treedef.unflatten([None if m is None else as_stored(config, m) for m in masks]),
     misplaced_steps=zero(),
     nonfinite_steps=zero(),
     skipped_refreshes=zero(),
@@ -46,11 +46,12 @@ def init(config: _config.PruneConfig, params: optax.Params) -> MagnitudePruneSta
   )
 
 
-def store(config: _config.PruneConfig, mask: jax.Array) -> Any:
+def as_stored(config: _config.PruneConfig, mask: jax.Array) -> Any:
+  """A bool mask in the form the state keeps (bit-packed with ``packed_masks``)."""
   return _packing.pack_mask(mask) if config.packed_masks else mask
 
 
-def load(mask: Any) -> jax.Array:
+def as_bool(mask: Any) -> jax.Array:
   return _packing.unpack_mask(mask) if _packing.is_packed(mask) else mask
 
 
@@ -110,7 +111,7 @@ def refresh(
     names=[f"leaf '{name}'" for name in plan.names],
   )
   stored = plan.treedef.flatten_up_to(state.masks)
-  old = [load(stored[i]) for i in plan.pruned]
+  old = [as_bool(stored[i]) for i in plan.pruned]
   new = [jnp.where(valid, f, o) for f, o in zip(fresh, old)]
   counts = _leaf_counts(_checks(config, old, new, params), plan, config.axis_name)
   # The new masks are read only after the checks, which read the params: so XLA updates
@@ -199,21 +200,23 @@ def _refreshed_masks(
   stored = [leaves[i] for i in plan.pruned]
   every_step = isinstance(config.update_every, int) and config.update_every == 1
   if refresh_masks is False:
-    return [load(m) for m in stored], stored, None
+    return [as_bool(m) for m in stored], stored, None
   if refresh_masks or (refresh_masks is None and every_step):
     result = new_masks()
-    return result.masks, [store(config, m) for m in result.masks], result
+    return result.masks, [as_stored(config, m) for m in result.masks], result
   # All refresh work lives in one branch. A conditional's operands are buffers,
   # so the incoming update is written to memory every step (BENCHMARKS.md).
   due = _cadence.refresh_due(config.sparsity, config.update_every, state.count)
 
   def fresh() -> _Refresh:
     result = new_masks()
-    return result._replace(masks=[store(config, m) for m in result.masks]) if config.packed_masks else result
+    return (
+      result._replace(masks=[as_stored(config, m) for m in result.masks]) if config.packed_masks else result
+    )
 
   result = lax.cond(due, fresh, lambda: kept(config, plan, state, stored))
   if config.packed_masks:
-    return [load(m) for m in result.masks], result.masks, result
+    return [as_bool(m) for m in result.masks], result.masks, result
   masks = [jnp.where(due, f, m) for f, m in zip(result.masks, stored)]
   return masks, masks, result
 
