@@ -47,12 +47,9 @@ def make_tx(reset: bool, target: float, num_cycles: int, cycle_steps: int) -> op
   return cyclax.reset_regrown_moments(optax.adam(lr), prune, enabled=reset)
 
 
-def train(seed: int, reset: bool, data, args) -> dict[str, float]:
-  x_train, x_test, y_train, y_test = data
-  model = MLP()
-  params = model.init(jax.random.key(seed), x_train[:1])
+def make_step(model: MLP, reset: bool, args):
+  """The transformation and its jitted training step (compiled once for every seed)."""
   tx = make_tx(reset, args.target, args.num_cycles, args.cycle_steps)
-  state = tx.init(params)
 
   def loss_fn(p, x, y):
     return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, x), y).mean()
@@ -61,6 +58,14 @@ def train(seed: int, reset: bool, data, args) -> dict[str, float]:
   def step(p, s, x, y):
     updates, s = tx.update(jax.grad(loss_fn)(p, x, y), s, p)
     return optax.apply_updates(p, updates), s
+
+  return tx, step
+
+
+def train(seed: int, model: MLP, tx: optax.GradientTransformation, step, data, args) -> dict[str, float]:
+  x_train, x_test, y_train, y_test = data
+  params = model.init(jax.random.key(seed), x_train[:1])
+  state = tx.init(params)
 
   rng = np.random.default_rng(seed)
   regrown = []
@@ -96,7 +101,9 @@ def main():
   print("| --- | --- | --- | --- | --- |")
   accuracy = {}
   for reset in (False, True):
-    runs = [train(seed, reset, data, args) for seed in seeds]
+    model = MLP()
+    tx, step = make_step(model, reset, args)
+    runs = [train(seed, model, tx, step, data, args) for seed in seeds]
     accuracy[reset] = np.array([r["test_accuracy"] for r in runs])
     acc = np.array([r["test_accuracy"] for r in runs])
     loss = np.array([r["test_loss"] for r in runs])
