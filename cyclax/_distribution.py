@@ -1,14 +1,16 @@
 """How one sparsity level is spread over the pruned leaves.
 
-- ``"uniform"`` (the paper's): every leaf loses ``round(s * leaf.size)`` entries.
+- ``"uniform"`` (the paper's): every leaf loses ``num_to_prune(s, leaf.size)``
+  entries (:func:`cyclax.num_to_prune`: ``floor(s * n + 1/2)`` with ``s`` rounded to
+  a multiple of ``2**-24``).
 - ``"global"``: one magnitude threshold over all leaves together; exactly
-  ``round(s * total_size)`` entries are pruned, ties at the threshold going to the
+  ``num_to_prune(s, total_size)`` entries are pruned, ties at the threshold going to the
   earlier leaf (flatten order), then the lower row-major index.
 - ``"erk"``: Erdos-Renyi-Kernel (Evci et al., 2020, "Rigging the Lottery"): the
   density of a leaf is proportional to ``sum(shape) / prod(shape)`` (all
   dimensions, convolution windows included); leaves whose density would exceed 1
   are kept dense and the rest are rescaled, so that exactly
-  ``round(s * total_size)`` entries are pruned in all.
+  ``num_to_prune(s, total_size)`` entries are pruned in all.
 
 Per-leaf overrides fix the sparsity of named leaves; those leaves are left out
 of the distribution, which spreads the main sparsity over the remaining leaves.

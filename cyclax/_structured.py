@@ -35,7 +35,7 @@ How the scores are computed (and what the selection ranks):
 Distributions: ``"uniform"`` (every leaf at the level ``s``) and per-leaf
 overrides work with both patterns. ``"global"`` works with :class:`Block`: every
 block of every leaf has ``prod(shape)`` entries, so one threshold on the block
-means over all leaves prunes exactly ``round(s * total_blocks)`` blocks, which is
+means over all leaves prunes exactly ``num_to_prune(s, total_blocks)`` blocks, which is
 the fraction ``s`` of the weights, exactly as the unstructured global rule does
 per entry. It is rejected for :class:`Channel`: channels of different leaves have
 different numbers of entries (fan-in), so neither their norms nor their counts
