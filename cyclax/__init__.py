@@ -24,11 +24,6 @@ from cyclax._packing import PackedMask as PackedMask
 from cyclax._packing import pack_mask as pack_mask
 from cyclax._packing import unpack_mask as unpack_mask
 from cyclax._patterns import nm_mask as nm_mask
-from cyclax._pruning import CyclicalPruneState as CyclicalPruneState
-from cyclax._pruning import MagnitudePruneState as MagnitudePruneState
-from cyclax._pruning import PruningOrderWarning as PruningOrderWarning
-from cyclax._pruning import PruningTransformation as PruningTransformation
-from cyclax._pruning import PruningValueWarning as PruningValueWarning
 from cyclax._pruning import cyclical_prune as cyclical_prune
 from cyclax._pruning import magnitude_prune as magnitude_prune
 from cyclax._schedules import constant_sparsity_schedule as constant_sparsity_schedule
@@ -37,6 +32,11 @@ from cyclax._schedules import gradual_sparsity_schedule as gradual_sparsity_sche
 from cyclax._schedules import one_shot_sparsity_schedule as one_shot_sparsity_schedule
 from cyclax._schedules import periodic as periodic
 from cyclax._shrink import shrink_dense_stack as shrink_dense_stack
+from cyclax._state import CyclicalPruneState as CyclicalPruneState
+from cyclax._state import MagnitudePruneState as MagnitudePruneState
+from cyclax._state import PruningOrderWarning as PruningOrderWarning
+from cyclax._state import PruningTransformation as PruningTransformation
+from cyclax._state import PruningValueWarning as PruningValueWarning
 from cyclax._structured import Block as Block
 from cyclax._structured import Channel as Channel
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from cyclax import _cadence, _config, _state, _step, _validation
+from cyclax import _cadence, _config, _packing, _state, _step, _validation
 from cyclax._state import PruningTransformation
 
 
@@ -91,7 +91,6 @@ def chain(*transformations: optax.GradientTransformation) -> optax.GradientTrans
   config: _config.PruneConfig = prune.__dict__["_config"]
   inner = optax.with_extra_args_support(optax.chain(*transformations[:-1]))
   plain = optax.chain(*transformations)
-  every_step = isinstance(config.update_every, int) and config.update_every == 1
 
   def update_fn(
     updates: optax.Updates,
@@ -104,7 +103,7 @@ def chain(*transformations: optax.GradientTransformation) -> optax.GradientTrans
     _validation.require_params(params, "chain")
     assert params is not None  # require_params raised otherwise
     _validation.check_refresh_flag(refresh_masks)
-    if refresh_masks is not None or every_step:
+    if refresh_masks is not None or config.refreshes_every_step:
       return plain.update(updates, state, params, refresh_masks=refresh_masks, **extra_args)
     # The state of optax.chain, as plain.init made it: a tuple, one entry per transformation.
     chain_state = cast(tuple, state)
@@ -134,7 +133,7 @@ def _owned_step(
     updates, _ = inner.update(grads, inner_state, params, **extra_args)
     p_in, u_in = _step.pruned_leaves(plan, params), _step.pruned_leaves(plan, updates)
     result = _step.refresh(config, plan, prune_state, p_in, u_in)
-    return result._replace(masks=[_step.as_stored(config, m) for m in result.masks]), jnp.ones([], jnp.bool_)
+    return _step.in_stored_form(config, result), jnp.ones([], jnp.bool_)
 
   def kept(grads, inner_state, params, prune_state):
     del grads, inner_state, params
@@ -145,7 +144,7 @@ def _owned_step(
   grads, inner_state, params = _after(ok, (grads, inner_state, params))
   updates, inner_state = inner.update(grads, inner_state, params, **extra_args)
   assert isinstance(inner_state, tuple)  # optax.chain's update returns its state as a tuple
-  masks = [_step.as_bool(m) for m in result.masks]
+  masks = [_packing.as_bool(m) for m in result.masks]
   updates, prune_state = _step.project(
     config, plan, prune_state, updates, params, masks, result.masks, result
   )

@@ -20,7 +20,7 @@ import optax
 from cyclax import _distribution, _layout, _leaves, _patterns, _structured, _validation
 
 # Every count is an int32 scalar and every leaf size must fit in one.
-MAX_LEAF_SIZE = 2**31 - 1
+MAX_LEAF_SIZE = _validation.INT32_MAX
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +39,11 @@ class PruneConfig:
   packed_masks: bool
   axis_name: _layout.AxisName
   sharded_dims: _layout.ShardedDims
+
+  @property
+  def refreshes_every_step(self) -> bool:
+    """True when ``update_every`` is the Python int 1: every step refreshes, no cadence is traced."""
+    return isinstance(self.update_every, int) and self.update_every == 1
 
 
 def _check_bool(name: str, value: Any) -> None:
@@ -64,7 +69,8 @@ def make_config(sparsity: optax.ScalarOrSchedule, options: Mapping[str, Any]) ->
     raise TypeError("`sparsity` must be a number in [0, 1) or a schedule step -> sparsity, got None.")
   else:
     _validation.check_sparsity("sparsity", sparsity, allow_full=allow_full)
-  _validation.check_step_count("update_every", options["update_every"], allow_huge=True)
+  # Any positive integer: an update_every past 2**31 - 1 never comes round again after step 0.
+  _validation.check_positive_int("update_every", options["update_every"])
   _distribution.check_distribution(options["distribution"])
   _distribution.check_overrides(options["overrides"], allow_full=allow_full)
   _layout.check_axis_name(options["axis_name"])
@@ -100,7 +106,7 @@ def _check_pattern(
         f"its own axis, got pattern_axis={pattern_axis!r} with pattern={pattern!r}."
       )
     pattern = _structured.check_pattern(pattern)
-    _structured.check_options(pattern, distribution=distribution, axis_name=axis_name)
+    _structured.check_options(pattern, distribution=distribution)
     return pattern, -2
   pattern = _patterns.check_pattern(pattern)
   pattern_axis = _patterns.check_axis_arg(pattern_axis)

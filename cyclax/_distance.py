@@ -8,28 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cyclax import _inspect, _leaves, _packing
-
-_INT32_LIMIT = 2**31 - 1
-
-
-def _holds_prune_state(tree: Any) -> bool:
-  is_state = lambda x: isinstance(x, _inspect.MagnitudePruneState)  # noqa: E731
-  return any(is_state(x) for x in jax.tree.leaves(tree, is_leaf=is_state))
-
-
-def _as_masks(tree: Any) -> Any:
-  """The keep-mask tree of an optimizer state, or ``tree`` itself with packed masks unpacked."""
-  if _holds_prune_state(tree):
-    return _inspect.get_masks(tree)
-  return jax.tree.map(
-    lambda m: _packing.unpack_mask(m) if _packing.is_packed(m) else m, tree, is_leaf=_packing.is_packed
-  )
+from cyclax import _inspect, _leaves, _validation
 
 
 def _count(x: jax.Array) -> jax.Array:
   """Number of True entries as float32; exact below 2**24, int32 partial sums below 2**31 each."""
-  if x.size <= _INT32_LIMIT:
+  if x.size <= _validation.INT32_MAX:
     return jnp.sum(x, dtype=jnp.int32).astype(jnp.float32)
   rows = jnp.sum(x.reshape(x.shape[0], -1), axis=1, dtype=jnp.int32)
   return jnp.sum(rows.astype(jnp.float32))
@@ -71,8 +55,8 @@ def mask_distance(a: Any, b: Any) -> jax.Array:
     0.6667
   """
   is_none = lambda x: x is None  # noqa: E731
-  leaves_a, tree_a = jax.tree_util.tree_flatten_with_path(_as_masks(a), is_leaf=is_none)
-  leaves_b, tree_b = jax.tree_util.tree_flatten_with_path(_as_masks(b), is_leaf=is_none)
+  leaves_a, tree_a = jax.tree_util.tree_flatten_with_path(_inspect.masks_from(a), is_leaf=is_none)
+  leaves_b, tree_b = jax.tree_util.tree_flatten_with_path(_inspect.masks_from(b), is_leaf=is_none)
   if tree_a != tree_b:
     raise ValueError(
       f"`a` and `b` must be masks of the same params tree; got structures {tree_a} and {tree_b}."

@@ -82,9 +82,7 @@ def masks_of(state: MagnitudePruneState) -> Any:
 
 
 def _unpacked(masks: Any) -> Any:
-  return jax.tree.map(
-    lambda m: _packing.unpack_mask(m) if _packing.is_packed(m) else m, masks, is_leaf=_packing.is_packed
-  )
+  return jax.tree.map(_packing.as_bool, masks, is_leaf=_packing.is_packed)
 
 
 def masks_from(source: Any) -> Any:

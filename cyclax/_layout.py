@@ -158,19 +158,3 @@ def layouts(
         f"`sharded_dims` entries must be None or a dimension of the score ({s.shape}), got {d!r}."
       )
   return out
-
-
-def sum_over_whole_leaves(
-  counts: Sequence[jax.Array], axis_name: AxisName, sharded_dims: Sequence[Optional[int]]
-) -> jax.Array:
-  """The sum of per-leaf int32 counts of local blocks over the whole leaves.
-
-  Counts of leaves split over ``axis_name`` are summed over it (one ``psum``);
-  a replicated leaf (dim None) holds its whole count on every device.
-  """
-  split = [c for c, d in zip(counts, sharded_dims) if d is not None]
-  replicated = [c for c, d in zip(counts, sharded_dims) if d is None]
-  total = sum(replicated, jnp.zeros([], jnp.int32))
-  if split:
-    total = total + lax.psum(sum(split), axis_name)
-  return total

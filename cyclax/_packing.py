@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -129,3 +130,8 @@ def unpack_mask(packed: PackedMask) -> jax.Array:
 def is_packed(x: object) -> bool:
   """True for a :class:`PackedMask`."""
   return isinstance(x, PackedMask)
+
+
+def as_bool(mask: Any) -> Any:
+  """A stored mask as a bool array (a :class:`PackedMask` is unpacked; anything else is returned)."""
+  return unpack_mask(mask) if isinstance(mask, PackedMask) else mask

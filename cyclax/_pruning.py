@@ -29,11 +29,7 @@ from cyclax import (
   _structured,
   _validation,
 )
-from cyclax._state import CyclicalPruneState as CyclicalPruneState
-from cyclax._state import MagnitudePruneState as MagnitudePruneState
-from cyclax._state import PruningOrderWarning as PruningOrderWarning
-from cyclax._state import PruningTransformation as PruningTransformation
-from cyclax._state import PruningValueWarning as PruningValueWarning
+from cyclax._state import MagnitudePruneState, PruningTransformation
 
 
 def magnitude_prune(

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cyclax import _inspect
+
 
 def _value(x: Any) -> Any:
   """The array inside a Flax ``Variable`` (anything with ``get_value``), or ``x`` itself."""
@@ -57,12 +59,7 @@ def _kernel_mask(entry: Any, index: int) -> Optional[np.ndarray]:
 def _mask_entries(masks: Any, num_layers: int) -> list[Any]:
   if masks is None:
     return [None] * num_layers
-  from cyclax import _inspect
-
-  try:  # an optimizer state holding one pruning state
-    masks = _inspect.get_masks(masks)
-  except ValueError:
-    pass
+  masks = _inspect.masks_from(masks)  # an optimizer state holding one pruning state, or the masks
   if not isinstance(masks, (Sequence, Mapping)) or isinstance(masks, str):
     raise TypeError(
       "`masks` must be a sequence (or an int-keyed mapping) with one entry per layer, or an optimizer "

@@ -51,8 +51,9 @@ def as_stored(config: _config.PruneConfig, mask: jax.Array) -> Any:
   return _packing.pack_mask(mask) if config.packed_masks else mask
 
 
-def as_bool(mask: Any) -> jax.Array:
-  return _packing.unpack_mask(mask) if _packing.is_packed(mask) else mask
+def in_stored_form(config: _config.PruneConfig, result: _Refresh) -> _Refresh:
+  """``result`` with its masks as the state keeps them (see :func:`as_stored`)."""
+  return result._replace(masks=[as_stored(config, m) for m in result.masks])
 
 
 class _Refresh(NamedTuple):
@@ -110,8 +111,7 @@ def refresh(
     sharded_dims=None if plan.dims is None else list(plan.dims),
     names=[f"leaf '{name}'" for name in plan.names],
   )
-  stored = plan.treedef.flatten_up_to(state.masks)
-  old = [as_bool(stored[i]) for i in plan.pruned]
+  old = [_packing.as_bool(m) for m in pruned_leaves(plan, state.masks)]
   new = [jnp.where(valid, f, o) for f, o in zip(fresh, old)]
   counts = _leaf_counts(_checks(config, old, new, params), plan, config.axis_name)
   # The new masks are read only after the checks, which read the params: so XLA updates
@@ -196,27 +196,21 @@ def _refreshed_masks(
 
   ``new_masks`` computes a refresh (:func:`refresh` on this step's pruned leaves).
   """
-  leaves = plan.treedef.flatten_up_to(state.masks)
-  stored = [leaves[i] for i in plan.pruned]
-  every_step = isinstance(config.update_every, int) and config.update_every == 1
+  stored = pruned_leaves(plan, state.masks)
   if refresh_masks is False:
-    return [as_bool(m) for m in stored], stored, None
-  if refresh_masks or (refresh_masks is None and every_step):
+    return [_packing.as_bool(m) for m in stored], stored, None
+  if refresh_masks or (refresh_masks is None and config.refreshes_every_step):
     result = new_masks()
     return result.masks, [as_stored(config, m) for m in result.masks], result
   # All refresh work lives in one branch. A conditional's operands are buffers,
   # so the incoming update is written to memory every step (BENCHMARKS.md).
   due = _cadence.refresh_due(config.sparsity, config.update_every, state.count)
 
-  def fresh() -> _Refresh:
-    result = new_masks()
-    return (
-      result._replace(masks=[as_stored(config, m) for m in result.masks]) if config.packed_masks else result
-    )
-
-  result = lax.cond(due, fresh, lambda: kept(config, plan, state, stored))
+  result = lax.cond(
+    due, lambda: in_stored_form(config, new_masks()), lambda: kept(config, plan, state, stored)
+  )
   if config.packed_masks:
-    return [as_bool(m) for m in result.masks], result.masks, result
+    return [_packing.as_bool(m) for m in result.masks], result.masks, result
   masks = [jnp.where(due, f, m) for f, m in zip(result.masks, stored)]
   return masks, masks, result
 
@@ -249,11 +243,11 @@ def project(
   """``where(mask, u, -p)`` on the pruned leaves, and the state after this step."""
   out = plan.treedef.flatten_up_to(updates)
   p_leaves = plan.treedef.flatten_up_to(params)
-  out_masks = plan.treedef.flatten_up_to(state.masks)
-  for i, m, s in zip(plan.pruned, masks, stored):
+  for i, m in zip(plan.pruned, masks):
     out[i] = jnp.where(m, out[i], -p_leaves[i])
-    out_masks[i] = s
-  new_state = state._replace(count=optax.safe_increment(state.count), masks=plan.treedef.unflatten(out_masks))
+  new_state = state._replace(
+    count=optax.safe_increment(state.count), masks=_replace_leaves(plan, state.masks, stored)
+  )
   if result is not None:
     new_state = new_state._replace(
       misplaced_steps=state.misplaced_steps + result.misplaced.astype(jnp.int32),

@@ -153,16 +153,15 @@ def check_pattern(pattern: Structure) -> Structure:
   raise TypeError(f"`pattern` must be cyclax.Block(shape), cyclax.Channel(axis) or (n, m), got {pattern!r}.")
 
 
-def check_options(pattern: Structure, *, distribution: str = "uniform", axis_name: AxisName = None) -> None:
+def check_options(pattern: Structure, *, distribution: str = "uniform") -> None:
   """Raises at construction for a distribution a structured pattern does not support.
 
-  ``axis_name`` is accepted with both patterns (the leaf-dependent limits are
-  checked when the masks are computed).
+  (``axis_name`` works with both patterns; the leaf-dependent limits are checked
+  when the masks are computed.)
 
   Raises:
     ValueError: for ``distribution="erk"``, or ``"global"`` with :class:`Channel`.
   """
-  del axis_name
   pattern = check_pattern(pattern)
   if distribution == "erk":
     raise ValueError(

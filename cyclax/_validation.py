@@ -88,14 +88,10 @@ def require_params(params: Any, transformation: str) -> None:
 INT32_MAX = 2**31 - 1
 
 
-def check_step_count(name: str, value: Any, *, allow_huge: bool = False) -> None:
-  """Raises unless a concrete ``value`` is a positive integer that fits the int32 step count.
-
-  With ``allow_huge`` any positive integer is accepted (``update_every`` above
-  ``2**31 - 1`` simply never comes round again after step 0).
-  """
+def check_step_count(name: str, value: Any) -> None:
+  """Raises unless a concrete ``value`` is a positive integer that fits the int32 step count."""
   check_positive_int(name, value)
-  if is_concrete(value) and not allow_huge and int(np.asarray(value)) > INT32_MAX:
+  if is_concrete(value) and int(np.asarray(value)) > INT32_MAX:
     raise ValueError(
       f"`{name}` must be at most 2**31 - 1 = {INT32_MAX} (the step count is an int32), got {int(value)}."
     )

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from _common import markdown_table, parse_args
+from _common import markdown_table, parse_args, save_markdown
 from _training import MLP, load_digits_split, minibatch_step
 from flax import nnx
 
@@ -187,11 +187,8 @@ def main() -> None:
       "",
     ]
   )
-  path = f"{args.out}/channels.md"
-  with open(path, "w") as f:
-    f.write(text)
-  print(text)
-  print(f"wrote {path}")
+  save_markdown(args.out, "channels.md", text)
+  print(f"wrote {args.out}/channels.md")
 
 
 if __name__ == "__main__":

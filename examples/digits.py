@@ -270,7 +270,7 @@ def results_table(results: dict, cfg: Config) -> str:
   lines = []
   for name, res in results.items():
     dense = np.asarray(res["dense_acc"]) * 100
-    opt = res.get("optimizer", "adam")
+    opt = res["optimizer"]
     lines += [
       f"### {name} (dense: {dense.mean():.2f} +- {dense.std():.2f}%; pruning with peak learning rate "
       f"{peak_learning_rate(opt, cfg):g})",
@@ -303,8 +303,6 @@ def cycle_table(results: dict, cfg: Config) -> str:
   rows = []
   for name, res in results.items():
     entry = res["methods"]["cyclical"]
-    if "survival" not in entry:  # saved by an older version of this script
-      continue
     for j, s in enumerate(cfg.sparsities):
 
       def ends(key):
@@ -437,7 +435,7 @@ def main() -> None:
     with open(json_path) as f:
       saved = json.load(f)
     cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["config"].items()})
-    results, seconds = saved["results"], saved.get("seconds")
+    results, seconds = saved["results"], saved["seconds"]
   else:
     start = time.perf_counter()
     results = {}

@@ -95,26 +95,16 @@ def erk_num_to_prune(sparsity: float, shapes: Sequence[tuple[int, ...]]) -> list
   return [n - o for n, o in zip(sizes, ones)]
 
 
-def cubic_ramp(start: float, end: float, progress: float) -> float:
-  """``end + (start - end) * (1 - clip(progress, 0, 1))**3`` in float64."""
-  progress = min(max(progress, 0.0), 1.0)
-  return end + (start - end) * (1.0 - progress) ** 3
-
-
 def cyclical_sparsity(
   step: int, target: float, num_cycles: int, cycle_steps: int, initial: float, ramp_fraction: float
 ) -> float:
-  """The cyclical schedule's closed form, cycle by cycle."""
-  if step >= num_cycles * cycle_steps:
-    return target
-  cycle, tau = divmod(step, cycle_steps)
-  start = 0.0 if cycle == 0 else initial
-  return cubic_ramp(start, target, tau / (ramp_fraction * cycle_steps))
+  """The cyclical schedule's closed form with the cubic ramp, cycle by cycle."""
+  return cyclical_sparsity_with_ramp(step, target, num_cycles, cycle_steps, initial, ramp_fraction, "cubic")
 
 
 def gradual_sparsity(step: int, target: float, begin: int, end: int, initial: float) -> float:
   """Zhu & Gupta's cubic ramp between ``begin`` and ``end``."""
-  return cubic_ramp(initial, target, (step - begin) / (end - begin))
+  return gradual_sparsity_with_ramp(step, target, begin, end, initial, "cubic")
 
 
 def refresh_due(

@@ -1,6 +1,7 @@
 """A catalogue of bad and edge-case inputs: each gets a clear error naming what the user wrote,
 or the documented behaviour, with no state or parameter silently corrupted."""
 
+import functools
 import re
 import warnings
 
@@ -26,13 +27,16 @@ def _params(seed=0):
 
 
 def _grads(params, t=0):
-  rng = np.random.default_rng(100 + t)
-  return jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype), params)
+  return reference.random_like(params, 100 + t)
+
+
+def _apply(tx, params, state, grads):
+  updates, state = tx.update(grads, state, params)
+  return optax.apply_updates(params, updates), state
 
 
 def _step(tx, params, state, t=0):
-  updates, state = tx.update(_grads(params, t), state, params)
-  return optax.apply_updates(params, updates), state
+  return _apply(tx, params, state, _grads(params, t))
 
 
 # ---------------------------------------------------------------------------
@@ -394,11 +398,11 @@ def _nan_after(t0):
 def test_nan_schedule_keeps_the_previous_masks_and_counts_the_skips(jit):
   params = _params()
   tx = optax.chain(optax.sgd(LR), cyclax.magnitude_prune(_nan_after(2), update_every=1))
-  step = (lambda p, s, t: _step(tx, p, s, t)) if not jit else jax.jit(lambda p, s, g: _jit_step(tx, p, s, g))
+  step = jax.jit(functools.partial(_apply, tx)) if jit else functools.partial(_apply, tx)
   state = tx.init(params)
   history = []
   for t in range(5):
-    params, state = step(params, state, t) if not jit else step(params, state, _grads(params, t))
+    params, state = step(params, state, _grads(params, t))
     history.append(cyclax.get_masks(state) if t < 2 else None)
   prune_state = state[1]
   assert int(prune_state.skipped_refreshes) == 3
@@ -410,23 +414,18 @@ def test_nan_schedule_keeps_the_previous_masks_and_counts_the_skips(jit):
   assert int(jnp.sum(params["dense"]["kernel"] == 0)) == reference.num_to_prune(0.75, 48)
 
 
-def _jit_step(tx, params, state, grads):
-  updates, state = tx.update(grads, state, params)
-  return optax.apply_updates(params, updates), state
-
-
 def test_nan_sparsity_injected_under_jit_keeps_the_masks():
   params = _params()
   tx = optax.chain(
     optax.sgd(LR), optax.inject_hyperparams(cyclax.magnitude_prune)(sparsity=0.5, update_every=1)
   )
-  step = jax.jit(lambda p, s, g: _jit_step(tx, p, s, g))
+  step = jax.jit(functools.partial(_apply, tx))
   state = tx.init(params)
   params, state = step(params, state, _grads(params, 0))
   before = np.asarray(cyclax.get_masks(state)["dense"]["kernel"])
   state[1].hyperparams["sparsity"] = jnp.full_like(state[1].hyperparams["sparsity"], jnp.nan)
   params, state = step(params, state, _grads(params, 1))
-  prune_state = cyclax.find_prune_state(state) if False else state[1].inner_state
+  prune_state = state[1].inner_state
   assert int(prune_state.skipped_refreshes) == 1
   np.testing.assert_array_equal(np.asarray(prune_state.masks["dense"]["kernel"]), before)
   assert int(jnp.sum(params["dense"]["kernel"] == 0)) == reference.num_to_prune(0.5, 48)
@@ -444,18 +443,13 @@ def test_nan_sparsity_injected_under_jit_keeps_the_masks():
   ],
   ids=lambda h: "-".join(f"{k}={v}" for k, v in h.items()),
 )
-def test_injected_schedule_arguments_out_of_range_give_finite_sparsities(hyper):
+def test_traced_schedule_arguments_out_of_range_give_finite_sparsities(hyper):
+  # Traced (as optax.inject_hyperparams passes them), out-of-range values cannot raise.
   args = dict(target_sparsity=0.8, num_cycles=2, cycle_steps=5, initial_sparsity=0.4, ramp_fraction=0.8)
-  tx = optax.inject_hyperparams(cyclax.cyclical_sparsity_schedule)
-  schedule = cyclax.cyclical_sparsity_schedule
-  values = []
-  for t in range(14):
-    traced = jax.jit(lambda c, h: schedule(**{**args, **h})(c))(
-      t, {k: jnp.asarray(v) for k, v in hyper.items()}
-    )
-    values.append(float(traced))
+  schedule = jax.jit(lambda c, h: cyclax.cyclical_sparsity_schedule(**{**args, **h})(c))
+  traced = {k: jnp.asarray(v) for k, v in hyper.items()}
+  values = [float(schedule(t, traced)) for t in range(14)]
   assert all(np.isfinite(values)) and all(0.0 <= v <= 0.8 + 1e-7 for v in values), values
-  del tx
 
 
 def test_nonfinite_params_in_pruned_slots_are_reported_as_such_not_as_misplacement():
@@ -481,20 +475,15 @@ def test_nm_groups_with_nan_keep_exactly_n_and_report_the_nan_left_in_a_pruned_s
   params = {"w": w}
   tx = optax.chain(optax.sgd(0.0), cyclax.magnitude_prune(0.5, pattern=(2, 4), update_every=1))
   state = tx.init(params)
-  params, state = _step_zero(tx, params, state)
+  params, state = _apply(tx, params, state, jax.tree.map(jnp.zeros_like, params))
   mask = np.asarray(cyclax.get_masks(state)["w"])
   # NaN ranks above +inf: the two highest-ranked NaNs (ties: the later index) are kept in group 0.
   np.testing.assert_array_equal(mask[:, 0], [False, True, True, False])
   np.testing.assert_array_equal(mask[:, 1], [False, True, False, True])
   # The NaN in the pruned slot cannot be zeroed by an additive update: it stays NaN.
   assert np.isnan(np.asarray(params["w"])[0, 0])
-  params, state = _step_zero(tx, params, state)
+  params, state = _apply(tx, params, state, jax.tree.map(jnp.zeros_like, params))
   assert int(state[1].nonfinite_steps) == 1 and int(state[1].misplaced_steps) == 0
-
-
-def _step_zero(tx, params, state):
-  updates, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
-  return optax.apply_updates(params, updates), state
 
 
 def test_misplaced_chain_is_counted_and_reported_by_the_helpers():

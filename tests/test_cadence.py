@@ -15,18 +15,13 @@ LR = 0.25
 
 
 def _params(seed=0):
-  rng = np.random.default_rng(seed)
-  return {
-    "w": jnp.asarray(rng.standard_normal((12, 8)), jnp.float32),
-    "v": jnp.asarray(rng.standard_normal((4, 4, 3)), jnp.bfloat16),
-    "b": jnp.asarray(rng.standard_normal(8), jnp.float32),
-  }
+  shapes = {"w": ((12, 8), jnp.float32), "v": ((4, 4, 3), jnp.bfloat16), "b": ((8,), jnp.float32)}
+  return reference.random_tree(seed, shapes)
 
 
 def _grads(params, t):
   """Seeded random gradients, so that masks move at every refresh."""
-  rng = np.random.default_rng(1000 + t)
-  return jax.tree.map(lambda v: jnp.asarray(rng.standard_normal(v.shape), v.dtype), params)
+  return reference.random_like(params, 1000 + t)
 
 
 CADENCES = {

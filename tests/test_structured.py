@@ -67,12 +67,13 @@ def _check_against_reference(xs, levels, pattern, got):
   for x, m in zip(xs, got):
     for b, s in enumerate(levels):
       want = reference.structured_keep_mask(x[b], float(s), **_ref_kwargs(pattern))
-      np.testing.assert_array_equal(np.asarray(m[b]), want, err_msg=f"{pattern} {x.shape[1:]} s={s}")
+      kept = np.asarray(m[b])
+      np.testing.assert_array_equal(kept, want, err_msg=f"{pattern} {x.shape[1:]} s={s}")
       # Whole units only, and exactly num_to_prune(s, units) of them.
       scores = (
-        reference.channel_scores(want, pattern.axis)
+        reference.channel_scores(kept, pattern.axis)
         if isinstance(pattern, Channel)
-        else reference.block_scores(want, pattern.shape)
+        else reference.block_scores(kept, pattern.shape)
       )
       units = scores.size
       assert units - np.count_nonzero(scores) == reference.num_to_prune(float(s), units)
@@ -199,7 +200,7 @@ def test_pattern_and_leaf_errors_name_the_argument_and_the_leaf():
     _structured.check_options(Channel(-1), distribution="global")
   with pytest.raises(ValueError, match="'erk' does not work"):
     _structured.check_options(Block((2, 2)), distribution="erk")
-  _structured.check_options(Block((2, 2)), distribution="global", axis_name="data")
+  _structured.check_options(Block((2, 2)), distribution="global")
 
 
 _SHARDED_SCRIPT = textwrap.dedent(
