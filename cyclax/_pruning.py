@@ -18,7 +18,6 @@ import optax
 from jax.typing import ArrayLike
 
 from cyclax import (
-  _cadence,
   _config,
   _distribution,
   _layout,
@@ -195,21 +194,8 @@ def magnitude_prune(
     return _step.update(config, jitted_apply, updates, state, params, refresh_masks)
 
   tx = PruningTransformation(init_fn, update_fn)
-  tx.__dict__["_host_due"] = _lazy_host_due(config)
-  tx.__dict__["_config"] = config  # read by cyclax.chain
+  tx.__dict__["_config"] = config  # read by refresh_due and cyclax.chain
   return tx
-
-
-def _lazy_host_due(config: _config.PruneConfig) -> Any:
-  """The host cadence function, built on first use (it compiles the schedule)."""
-  built: list[Any] = []
-
-  def due(step: int) -> bool:
-    if not built:
-      built.append(_cadence.host_refresh_due(config.sparsity, config.update_every))
-    return built[0](step)
-
-  return due
 
 
 # The keyword arguments cyclical_prune shares with magnitude_prune, forwarded as they are.

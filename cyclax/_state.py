@@ -11,7 +11,7 @@ import numpy as np
 import optax
 from jax import export
 
-from cyclax import _config, _packing
+from cyclax import _cadence, _config, _packing
 
 
 class PruningOrderWarning(UserWarning):
@@ -72,7 +72,11 @@ class PruningTransformation(optax.GradientTransformationExtraArgs):
       >>> [t for t in range(300) if prune.refresh_due(t)]  # ramps end at 120 and 270
       [0, 40, 80, 120, 150, 160, 200, 240, 270, 280]
     """
-    return self.__dict__["_host_due"](step)
+    due = self.__dict__.get("_host_due")
+    if due is None:  # built on first use: it compiles the schedule
+      config = self.__dict__["_config"]
+      due = self.__dict__["_host_due"] = _cadence.host_refresh_due(config.sparsity, config.update_every)
+    return due(step)
 
 
 class MagnitudePruneState(NamedTuple):
